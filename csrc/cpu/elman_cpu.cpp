@@ -1,0 +1,301 @@
+// CPU kernels of the Elman operators: elman_forward / elman_backward (one layer, one direction,
+// whole sequence) and elman_cell_forward / elman_cell_backward (one step, nn.RNNCell semantics).
+//
+// The fusion (design.md, "The operator"):
+//   forward   output = x W_ih^T + (b_ih + b_hh)          one GEMM for all T steps, written in place
+//             per step: output[t] += h_{t-1} W_hh^T      one GEMM (beta = 1) into the same buffer
+//                       output[t] = phi(output[t])       one in-place pass
+//   backward  per step: ga_t = (gy_t + g) * phi'(h_t)    one pass (elman_math.h)
+//                       g    = ga_t W_hh                 one GEMM
+//             grad_weight_ih = ga^T x, grad_weight_hh = ga^T h_prev, grad_bias = sum ga,
+//             grad_input = ga W_ih                       whole-sequence GEMMs
+// Only the outputs are saved for backward. Threads come from ATen (BLAS, at::parallel_for).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "elman.h"
+
+namespace rnn_ext {
+namespace {
+
+// Elements below this run on one thread: the per-step work of small layers is too short to
+// pay for waking the pool.
+constexpr int64_t kGrain = 1 << 15;
+
+// Time index of the s-th step processed.
+inline int64_t step_time(int64_t s, int64_t T, bool reverse) {
+  return reverse ? T - 1 - s : s;
+}
+
+// After output[t] = phi(a_t) for every row, apply the lengths: rows whose sequence has ended
+// (t >= lengths[b]) get output 0 and keep their state; the others copy their output into h.
+template <typename scalar_t>
+void mask_step_forward(scalar_t* out_t, scalar_t* h, const int64_t* len, int64_t t, int64_t B,
+                       int64_t H) {
+  at::parallel_for(0, B, std::max<int64_t>(1, kGrain / std::max<int64_t>(H, 1)),
+                   [&](int64_t b0, int64_t b1) {
+                     for (int64_t b = b0; b < b1; ++b) {
+                       scalar_t* o = out_t + b * H;
+                       if (t < len[b]) {
+                         std::copy(o, o + H, h + b * H);
+                       } else {
+                         std::fill(o, o + H, scalar_t(0));
+                       }
+                     }
+                   });
+}
+
+// ga_t = (gy_t + g) * phi'(h_t), rows of ended sequences (t >= lengths[b]) get 0.
+template <typename scalar_t>
+void preactivation_grad_step(scalar_t* ga_t, const scalar_t* gy_t, const scalar_t* g,
+                             const scalar_t* h_t, const int64_t* len, int64_t t, int64_t B,
+                             int64_t H, Activation act) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::parallel_for(0, B, std::max<int64_t>(1, kGrain / std::max<int64_t>(H, 1)),
+                   [&](int64_t b0, int64_t b1) {
+                     for (int64_t b = b0; b < b1; ++b) {
+                       const int64_t o = b * H;
+                       if (len != nullptr && t >= len[b]) {
+                         std::fill(ga_t + o, ga_t + o + H, scalar_t(0));
+                         continue;
+                       }
+                       if (act == Activation::Tanh) {
+                         for (int64_t j = o; j < o + H; ++j) {
+                           const acc_t h = h_t[j];
+                           ga_t[j] = (acc_t(gy_t[j]) + acc_t(g[j])) * (acc_t(1) - h * h);
+                         }
+                       } else {
+                         for (int64_t j = o; j < o + H; ++j) {
+                           ga_t[j] = acc_t(h_t[j]) > acc_t(0)
+                                         ? scalar_t(acc_t(gy_t[j]) + acc_t(g[j]))
+                                         : scalar_t(0);
+                         }
+                       }
+                     }
+                   });
+}
+
+void activate_(at::Tensor& t, Activation act) {
+  if (act == Activation::Tanh) {
+    t.tanh_();
+  } else {
+    t.relu_();
+  }
+}
+
+// Forward over a validated sequence. lengths_cpu: undefined or int64 (B,) on the CPU.
+std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
+    const at::Tensor& input_, const at::Tensor& h_0_, const at::Tensor& weight_ih,
+    const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
+    const std::optional<at::Tensor>& bias_hh, Activation act, bool reverse,
+    const at::Tensor& lengths_cpu, const ElmanSizes& s) {
+  const auto [T, B, I, H] = s;
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor whh_t = weight_hh.t();
+  at::Tensor output = at::empty({T, B, H}, input.options());
+  at::Tensor out2d = output.view({T * B, H});
+  const at::Tensor x2d = input.view({T * B, I});
+  const bool has_bih = bias_ih.has_value() && bias_ih->defined();
+  const bool has_bhh = bias_hh.has_value() && bias_hh->defined();
+  if (has_bih || has_bhh) {
+    const at::Tensor bias = has_bih && has_bhh ? *bias_ih + *bias_hh : (has_bih ? *bias_ih : *bias_hh);
+    at::addmm_out(out2d, bias, x2d, weight_ih.t());
+  } else {
+    at::mm_out(out2d, x2d, weight_ih.t());
+  }
+  if (B == 0 || H == 0) {
+    return {output, h_0_.clone(at::MemoryFormat::Contiguous)};
+  }
+
+  if (!lengths_cpu.defined()) {
+    at::Tensor h_prev = h_0_;
+    for (const auto step : c10::irange(T)) {
+      at::Tensor out_t = output.select(0, step_time(step, T, reverse));
+      out_t.addmm_(h_prev, whh_t);
+      activate_(out_t, act);
+      h_prev = out_t;
+    }
+    return {output, h_prev.clone()};
+  }
+
+  // Padded batch: the state lives in its own buffer, advanced only for running sequences.
+  at::Tensor h = h_0_.clone(at::MemoryFormat::Contiguous);
+  const int64_t* len = lengths_cpu.const_data_ptr<int64_t>();
+  for (const auto step : c10::irange(T)) {
+    const int64_t t = step_time(step, T, reverse);
+    at::Tensor out_t = output.select(0, t);
+    out_t.addmm_(h, whh_t);
+    activate_(out_t, act);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
+                                    "elman_forward_mask", [&] {
+      mask_step_forward<scalar_t>(out_t.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), len, t, B,
+                                  H);
+    });
+  }
+  return {output, h};
+}
+
+// Backward over a validated sequence; see the file comment for the math.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_backward_impl(
+    const at::Tensor& grad_output_, const at::Tensor& grad_h_n_, const at::Tensor& input_,
+    const at::Tensor& h_0_, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const at::Tensor& output_, Activation act, bool reverse, const at::Tensor& lengths_cpu,
+    const ElmanSizes& s) {
+  const auto [T, B, I, H] = s;
+  const at::Tensor gy = grad_output_.contiguous();
+  const at::Tensor out = output_.contiguous();
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor h_0 = h_0_.contiguous();
+  at::Tensor ga = at::empty({T, B, H}, input.options());
+  at::Tensor g = grad_h_n_.clone(at::MemoryFormat::Contiguous);
+  const int64_t* len = lengths_cpu.defined() ? lengths_cpu.const_data_ptr<int64_t>() : nullptr;
+  at::Tensor g_next = len != nullptr ? at::empty_like(g) : at::Tensor();
+
+  if (B > 0 && H > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
+                                    "elman_backward", [&] {
+      // Backward visits the steps in the opposite order of the forward.
+      for (const auto step : c10::irange(T)) {
+        const int64_t t = step_time(T - 1 - step, T, reverse);
+        at::Tensor ga_t = ga.select(0, t);
+        preactivation_grad_step<scalar_t>(ga_t.data_ptr<scalar_t>(),
+                                          gy.const_data_ptr<scalar_t>() + t * B * H,
+                                          g.const_data_ptr<scalar_t>(),
+                                          out.const_data_ptr<scalar_t>() + t * B * H, len, t, B, H,
+                                          act);
+        if (len == nullptr) {
+          at::mm_out(g, ga_t, weight_hh);
+          continue;
+        }
+        // Ended sequences pass their gradient through unchanged.
+        at::mm_out(g_next, ga_t, weight_hh);
+        const scalar_t* gp = g.const_data_ptr<scalar_t>();
+        scalar_t* gn = g_next.data_ptr<scalar_t>();
+        for (const auto b : c10::irange(B)) {
+          if (t >= len[b]) {
+            std::copy(gp + b * H, gp + (b + 1) * H, gn + b * H);
+          }
+        }
+        std::swap(g, g_next);
+      }
+    });
+  } else {
+    ga.zero_();
+  }
+
+  const at::Tensor ga2d = ga.view({T * B, H});
+  at::Tensor grad_input = at::mm(ga2d, weight_ih).view({T, B, I});
+  at::Tensor grad_weight_ih = at::mm(ga2d.t(), input.view({T * B, I}));
+  at::Tensor grad_bias = ga2d.sum(0);
+
+  // grad_weight_hh = sum_t ga_t^T h_prev(t). h_prev(t) is output[t -/+ 1] except at each
+  // sequence's first step, where it is h_0: ga of those first steps (g0) multiplies h_0.
+  at::Tensor g0;
+  if (!reverse) {
+    g0 = ga.select(0, 0);
+  } else if (len == nullptr) {
+    g0 = ga.select(0, T - 1);
+  } else {
+    g0 = at::empty({B, H}, ga.options());
+    for (const auto b : c10::irange(B)) {
+      g0.select(0, b).copy_(ga.select(0, len[b] - 1).select(0, b));
+    }
+  }
+  at::Tensor grad_weight_hh = at::mm(g0.t(), h_0);
+  if (T > 1) {
+    const int64_t n = (T - 1) * B;
+    const at::Tensor ga_rest = (reverse ? ga.narrow(0, 0, T - 1) : ga.narrow(0, 1, T - 1)).view({n, H});
+    const at::Tensor h_prev = (reverse ? out.narrow(0, 1, T - 1) : out.narrow(0, 0, T - 1)).view({n, H});
+    grad_weight_hh.addmm_(ga_rest.t(), h_prev);
+  }
+  return {grad_input, g, grad_weight_ih, grad_weight_hh, grad_bias};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator entry points.
+
+std::tuple<at::Tensor, at::Tensor> elman_forward_cpu(
+    const at::Tensor& input, const at::Tensor& h_0, const at::Tensor& weight_ih,
+    const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
+    const std::optional<at::Tensor>& bias_hh, c10::string_view nonlinearity, bool reverse,
+    const std::optional<at::Tensor>& lengths) {
+  const char* op = "rnn_ext::elman_forward";
+  const Activation act = parse_nonlinearity(nonlinearity, op);
+  const ElmanSizes s =
+      check_elman_forward_args(op, input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
+  return elman_forward_impl(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, act, reverse,
+                            lengths_on_cpu(lengths), s);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
+    const at::Tensor& h_0, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const at::Tensor& output, c10::string_view nonlinearity, bool reverse,
+    const std::optional<at::Tensor>& lengths) {
+  const char* op = "rnn_ext::elman_backward";
+  const Activation act = parse_nonlinearity(nonlinearity, op);
+  const ElmanSizes s = check_elman_forward_args(op, input, h_0, weight_ih, weight_hh,
+                                                std::nullopt, std::nullopt, lengths);
+  check_elman_backward_args(op, s, input, grad_output, grad_h_n, output);
+  return elman_backward_impl(grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, output, act,
+                             reverse, lengths_on_cpu(lengths), s);
+}
+
+void check_cell_ranks(const char* op, const at::Tensor& input, const at::Tensor& hx) {
+  TORCH_CHECK(input.dim() == 2, op, ": expected input of rank 2, (B, I) = (batch, features), ",
+              "but got input of shape ", input.sizes());
+  TORCH_CHECK(hx.dim() == 2, op, ": expected hx of rank 2, (B, H), but got hx of shape ",
+              hx.sizes());
+}
+
+at::Tensor elman_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
+                                  const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                  const std::optional<at::Tensor>& bias_ih,
+                                  const std::optional<at::Tensor>& bias_hh,
+                                  c10::string_view nonlinearity) {
+  const char* op = "rnn_ext::elman_cell_forward";
+  const Activation act = parse_nonlinearity(nonlinearity, op);
+  check_cell_ranks(op, input, hx);
+  const at::Tensor x = input.unsqueeze(0);
+  const ElmanSizes s = check_elman_forward_args(op, x, hx, weight_ih, weight_hh, bias_ih, bias_hh,
+                                                std::nullopt, "hx");
+  auto [output, h_n] = elman_forward_impl(x, hx, weight_ih, weight_hh, bias_ih, bias_hh, act,
+                                          /*reverse=*/false, at::Tensor(), s);
+  return h_n;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cell_backward_cpu(
+    const at::Tensor& grad_hy, const at::Tensor& input, const at::Tensor& hx,
+    const at::Tensor& weight_ih, const at::Tensor& weight_hh, const at::Tensor& hy,
+    c10::string_view nonlinearity) {
+  const char* op = "rnn_ext::elman_cell_backward";
+  const Activation act = parse_nonlinearity(nonlinearity, op);
+  check_cell_ranks(op, input, hx);
+  const at::Tensor x = input.unsqueeze(0);
+  const ElmanSizes s = check_elman_forward_args(op, x, hx, weight_ih, weight_hh, std::nullopt,
+                                                std::nullopt, std::nullopt, "hx");
+  const at::Tensor gy = grad_hy.unsqueeze(0);
+  const at::Tensor y = hy.unsqueeze(0);
+  const at::Tensor zero = at::zeros_like(hx);
+  check_elman_backward_args(op, s, x, gy, zero, y, "grad_hy", "grad_hy", "hy");
+  auto [gx, ghx, gwih, gwhh, gb] = elman_backward_impl(gy, zero, x, hx, weight_ih, weight_hh, y,
+                                                       act, /*reverse=*/false, at::Tensor(), s);
+  return {gx.squeeze(0), ghx, gwih, gwhh, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
+  m.impl("elman_forward", &elman_forward_cpu);
+  m.impl("elman_backward", &elman_backward_cpu);
+  m.impl("elman_cell_forward", &elman_cell_forward_cpu);
+  m.impl("elman_cell_backward", &elman_cell_backward_cpu);
+}
+
+}  // namespace rnn_ext

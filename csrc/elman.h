@@ -1,0 +1,55 @@
+// Declarations shared by the Elman kernels of every backend: argument checking and the
+// parsing of `nonlinearity`. Implemented in csrc/elman_checks.cpp (device-agnostic).
+//
+// Shapes: input (T, B, I); h_0 / hx (B, H); weight_ih (H, I); weight_hh (H, H);
+// bias_ih / bias_hh (H) or absent; lengths int64 (B,) with values in [1, T], on any device.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <string_view>
+
+#include "elman_math.h"
+
+namespace rnn_ext {
+
+struct ElmanSizes {
+  int64_t T, B, I, H;
+};
+
+// "tanh" -> Tanh, "relu" -> Relu; anything else is a clear error naming `op`.
+Activation parse_nonlinearity(std::string_view nonlinearity, const char* op);
+
+// Checks the arguments of elman_forward (and, with T = 1, of the cell op; `input_name` and
+// `h_name` let the messages say "hx" for the cell). Raises c10::Error (RuntimeError in Python)
+// naming the argument, its shape and the expected shape. Returns the sizes.
+ElmanSizes check_elman_forward_args(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& h_0,
+    const at::Tensor& weight_ih,
+    const at::Tensor& weight_hh,
+    const std::optional<at::Tensor>& bias_ih,
+    const std::optional<at::Tensor>& bias_hh,
+    const std::optional<at::Tensor>& lengths,
+    const char* h_name = "h_0");
+
+// Checks the extra arguments of elman_backward: grad_output and output (T, B, H),
+// grad_h_n (B, H), same dtype and device as input.
+void check_elman_backward_args(
+    const char* op,
+    const ElmanSizes& s,
+    const at::Tensor& input,
+    const at::Tensor& grad_output,
+    const at::Tensor& grad_h_n,
+    const at::Tensor& output,
+    const char* grad_output_name = "grad_output",
+    const char* grad_h_n_name = "grad_h_n",
+    const char* output_name = "output");
+
+// lengths as a contiguous int64 CPU tensor (copied from the device when needed), or an
+// undefined tensor when absent. check_elman_forward_args has validated its values.
+at::Tensor lengths_on_cpu(const std::optional<at::Tensor>& lengths);
+
+}  // namespace rnn_ext

@@ -1,0 +1,10 @@
+"""rnn_ext: fused Elman RNN and sequence NLL kernels for PyTorch (CPU and CUDA).
+
+The operators live in ``torch.ops.rnn_ext``; :mod:`rnn_ext.ops` is their Python face.
+"""
+
+from .ops import elman_cell, elman_rnn, has_cuda_kernels
+
+__version__ = "0.1.0"
+
+__all__ = ["elman_rnn", "elman_cell", "has_cuda_kernels", "__version__"]

@@ -1,0 +1,257 @@
+"""The Python face of ``torch.ops.rnn_ext.*``: functions, shape functions and autograd.
+
+Each operator's schema is written once, in ``csrc/rnn_ext.cpp``; its kernels are in
+``csrc/cpu`` and ``csrc/cuda``. This module registers, for every forward operator, a fake
+(meta) implementation with :func:`torch.library.register_fake` (so ``torch.compile`` and
+:func:`torch.library.opcheck` can trace it) and its gradient with
+:func:`torch.library.register_autograd`, whose backward calls the matching ``*_backward``
+operator.
+
+Shapes used throughout: ``T`` time steps, ``B`` batch, ``I`` input features, ``H`` hidden
+features.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnn_ext.*)
+from .reference import elman_rnn_reference
+
+__all__ = ["elman_rnn", "elman_cell", "has_cuda_kernels"]
+
+LengthsLike = Union[Tensor, Sequence[int], None]
+
+
+def has_cuda_kernels() -> bool:
+    """Whether this build of rnn_ext holds CUDA kernels (it does when it was compiled with nvcc)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("rnn_ext::elman_forward", "CUDA")
+
+
+def _as_lengths(lengths: LengthsLike) -> Optional[Tensor]:
+    if lengths is None or isinstance(lengths, Tensor):
+        return lengths
+    return torch.as_tensor(list(lengths), dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elman sequence op
+
+
+def elman_rnn(
+    input: Tensor,
+    h_0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Optional[Tensor] = None,
+    bias_hh: Optional[Tensor] = None,
+    nonlinearity: str = "tanh",
+    reverse: bool = False,
+    lengths: LengthsLike = None,
+) -> Tuple[Tensor, Tensor]:
+    r"""One Elman RNN layer in one direction over a whole sequence, fused (forward and backward).
+
+    Computes, for :math:`t = 0 \dots T-1` (or :math:`T-1 \dots 0` when ``reverse``),
+
+    .. math:: h_t = \phi(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh}),\quad
+              \phi \in \{\tanh, \mathrm{relu}\}
+
+    exactly as one layer and direction of :class:`torch.nn.RNN` (PyTorch documentation,
+    ``torch.nn.RNN``); the math of the fused backward is in ``design.md``.
+
+    Args:
+        input: ``(T, B, I)``, float32 / float64 / bfloat16 / float16 (CUDA: the same), T >= 1.
+        h_0: ``(B, H)``, the initial hidden state; same dtype and device as ``input``.
+        weight_ih: ``(H, I)``. weight_hh: ``(H, H)``.
+        bias_ih, bias_hh: ``(H,)`` or ``None`` (no bias).
+        nonlinearity: ``"tanh"`` or ``"relu"``.
+        reverse: process the sequence from the last step to the first (the second direction of
+            a bidirectional layer).
+        lengths: ``None`` or int64 ``(B,)`` (a tensor on the CPU or on ``input``'s device, or a
+            list) with ``1 <= lengths[b] <= T``: a padded batch. Steps ``t >= lengths[b]``
+            output 0 and leave the state unchanged, so ``h_n[b]`` is the state at the last valid
+            step; with ``reverse`` each sequence starts at its own step ``lengths[b] - 1``.
+
+    Returns:
+        ``(output, h_n)``: output ``(T, B, H)``, every step's state; h_n ``(B, H)``.
+
+    Raises:
+        RuntimeError: wrong ranks or shapes (the message names the argument, its shape and the
+            expected one), mismatched dtypes or devices, a dtype that is not floating.
+        ValueError: ``T == 0``, a length outside ``[1, T]``, an unknown ``nonlinearity``.
+
+    Gradients flow to ``input``, ``h_0``, the weights and the biases through the fused
+    ``rnn_ext::elman_backward`` operator. Double backward (``create_graph=True``) is computed
+    by differentiating a step-by-step recomputation in PyTorch operations (exact, slower).
+    """
+    return torch.ops.rnn_ext.elman_forward(
+        input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, reverse,
+        _as_lengths(lengths),
+    )
+
+
+@torch.library.register_fake("rnn_ext::elman_forward")
+def _elman_forward_fake(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity,
+                        reverse, lengths):
+    torch._check(input.dim() == 3, lambda: f"expected input of rank 3, got {tuple(input.shape)}")
+    T, B, _ = input.shape
+    H = weight_hh.shape[0]
+    return input.new_empty((T, B, H)), input.new_empty((B, H))
+
+
+@torch.library.register_fake("rnn_ext::elman_backward")
+def _elman_backward_fake(grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, output,
+                         nonlinearity, reverse, lengths):
+    H = weight_hh.shape[0]
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format),
+        torch.empty_like(h_0, memory_format=torch.contiguous_format),
+        weight_ih.new_empty(weight_ih.shape),
+        weight_hh.new_empty(weight_hh.shape),
+        weight_hh.new_empty((H,)),
+    )
+
+
+def _elman_setup_context(ctx, inputs, output):
+    input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, reverse, lengths = inputs
+    out, _ = output
+    ctx.save_for_backward(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, out, lengths)
+    ctx.nonlinearity = nonlinearity
+    ctx.reverse = reverse
+
+
+def _grads_by_recomputation(ctx, outputs_fn, grad_outputs, n_tensor_inputs):
+    """Gradients of the differentiable recomputation ``outputs_fn()`` with a graph
+    (``create_graph=True``), for double backward. Returns one entry per tensor input."""
+    saved = ctx.saved_tensors[:n_tensor_inputs]
+    with torch.enable_grad():
+        outputs = outputs_fn()
+        wanted = [
+            i for i, t in enumerate(saved)
+            if t is not None and ctx.needs_input_grad[i] and t.requires_grad
+        ]
+        grads = torch.autograd.grad(
+            outputs, [saved[i] for i in wanted], grad_outputs, create_graph=True,
+            allow_unused=True,
+        )
+    result = [None] * n_tensor_inputs
+    for i, g in zip(wanted, grads):
+        result[i] = g
+    return result
+
+
+def _elman_backward(ctx, grad_output, grad_h_n):
+    input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, out, lengths = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True: the fused backward is not itself differentiable, so differentiate
+        # a step-by-step recomputation instead (exact; used only for double backward).
+        grads = _grads_by_recomputation(
+            ctx,
+            lambda: elman_rnn_reference(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh,
+                                        ctx.nonlinearity, ctx.reverse, lengths),
+            (grad_output, grad_h_n),
+            6,
+        )
+        return (*grads, None, None, None)
+    gx, gh0, gwih, gwhh, gb = torch.ops.rnn_ext.elman_backward(
+        grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, out, ctx.nonlinearity,
+        ctx.reverse, lengths,
+    )
+    return (
+        gx, gh0, gwih, gwhh,
+        gb if bias_ih is not None else None,
+        gb if bias_hh is not None else None,
+        None, None, None,
+    )
+
+
+torch.library.register_autograd(
+    "rnn_ext::elman_forward", _elman_backward, setup_context=_elman_setup_context
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elman cell op
+
+
+def elman_cell(
+    input: Tensor,
+    hx: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Optional[Tensor] = None,
+    bias_hh: Optional[Tensor] = None,
+    nonlinearity: str = "tanh",
+) -> Tensor:
+    r"""One Elman RNN step with :class:`torch.nn.RNNCell` semantics, fused.
+
+    .. math:: h' = \phi(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})
+
+    Args:
+        input: ``(B, I)``, floating dtype. hx: ``(B, H)``, same dtype and device.
+        weight_ih: ``(H, I)``. weight_hh: ``(H, H)``. bias_ih, bias_hh: ``(H,)`` or ``None``.
+        nonlinearity: ``"tanh"`` or ``"relu"``.
+
+    Returns:
+        ``h'``, ``(B, H)``.
+
+    Raises:
+        RuntimeError: wrong ranks, shapes, dtypes or devices (named in the message).
+        ValueError: an unknown ``nonlinearity``.
+    """
+    return torch.ops.rnn_ext.elman_cell_forward(
+        input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity
+    )
+
+
+@torch.library.register_fake("rnn_ext::elman_cell_forward")
+def _elman_cell_forward_fake(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
+    torch._check(input.dim() == 2, lambda: f"expected input of rank 2, got {tuple(input.shape)}")
+    return input.new_empty((input.shape[0], weight_hh.shape[0]))
+
+
+@torch.library.register_fake("rnn_ext::elman_cell_backward")
+def _elman_cell_backward_fake(grad_hy, input, hx, weight_ih, weight_hh, hy, nonlinearity):
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format),
+        torch.empty_like(hx, memory_format=torch.contiguous_format),
+        weight_ih.new_empty(weight_ih.shape),
+        weight_hh.new_empty(weight_hh.shape),
+        weight_hh.new_empty((weight_hh.shape[0],)),
+    )
+
+
+def _elman_cell_setup_context(ctx, inputs, output):
+    input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity = inputs
+    ctx.save_for_backward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, output)
+    ctx.nonlinearity = nonlinearity
+
+
+def _elman_cell_backward(ctx, grad_hy):
+    input, hx, weight_ih, weight_hh, bias_ih, bias_hh, hy = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        grads = _grads_by_recomputation(
+            ctx,
+            lambda: elman_rnn_reference(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih,
+                                        bias_hh, ctx.nonlinearity)[1],
+            (grad_hy,),
+            6,
+        )
+        return (*grads, None)
+    gx, ghx, gwih, gwhh, gb = torch.ops.rnn_ext.elman_cell_backward(
+        grad_hy, input, hx, weight_ih, weight_hh, hy, ctx.nonlinearity
+    )
+    return (
+        gx, ghx, gwih, gwhh,
+        gb if bias_ih is not None else None,
+        gb if bias_hh is not None else None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "rnn_ext::elman_cell_forward", _elman_cell_backward, setup_context=_elman_cell_setup_context
+)
