@@ -42,7 +42,12 @@ C10_HOST_DEVICE inline acc_t activation_grad_from_output(acc_t h, Activation act
 // the hidden state (g) and the step's output h.
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t preactivation_grad(acc_t gy, acc_t g, acc_t h, Activation act) {
-  return (gy + g) * activation_grad_from_output(h, act);
+  if (act == Activation::Tanh) {
+    return (gy + g) * (acc_t(1) - h * h);
+  }
+  // Selected, not multiplied by 0: a non-finite gradient stays out of inactive units, as in
+  // PyTorch's threshold_backward.
+  return h > acc_t(0) ? gy + g : acc_t(0);
 }
 
 }  // namespace rnn_ext

@@ -51,34 +51,47 @@ void mask_step_forward(scalar_t* out_t, scalar_t* h, const int64_t* len, int64_t
                    });
 }
 
-// ga_t = (gy_t + g) * phi'(h_t), rows of ended sequences (t >= lengths[b]) get 0.
-template <typename scalar_t>
-void preactivation_grad_step(scalar_t* ga_t, const scalar_t* gy_t, const scalar_t* g,
-                             const scalar_t* h_t, const int64_t* len, int64_t t, int64_t B,
-                             int64_t H, Activation act) {
+// One row of the backward pointwise step: ga = (gy + g) * phi'(h) (elman_math.h). gy is read
+// with stride gy_sH, 1 or 0: out.sum().backward() hands us a stride-0 gradient, which is read
+// as it is rather than copied.
+template <typename scalar_t, Activation kAct>
+inline void preactivation_grad_row(scalar_t* __restrict__ ga, const scalar_t* __restrict__ gy,
+                                   int64_t gy_sH, const scalar_t* __restrict__ g,
+                                   const scalar_t* __restrict__ h, int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
+  if (gy_sH == 1) {
+    for (int64_t j = 0; j < H; ++j) {
+      ga[j] = static_cast<scalar_t>(preactivation_grad<acc_t>(gy[j], g[j], h[j], kAct));
+    }
+  } else {
+    const acc_t gy0 = gy[0];
+    for (int64_t j = 0; j < H; ++j) {
+      ga[j] = static_cast<scalar_t>(preactivation_grad<acc_t>(gy0, g[j], h[j], kAct));
+    }
+  }
+}
+
+// ga_t = (gy_t + g) * phi'(h_t) for a whole step; rows of ended sequences (t >= lengths[b])
+// get 0. gy_t: this step's gradient, rows gy_sB apart, elements gy_sH (0 or 1) apart.
+template <typename scalar_t>
+void preactivation_grad_step(scalar_t* ga_t, const scalar_t* gy_t, int64_t gy_sB, int64_t gy_sH,
+                             const scalar_t* g, const scalar_t* h_t, const int64_t* len,
+                             int64_t t, int64_t B, int64_t H, Activation act) {
   at::parallel_for(0, B, std::max<int64_t>(1, kGrain / std::max<int64_t>(H, 1)),
                    [&](int64_t b0, int64_t b1) {
-                     for (int64_t b = b0; b < b1; ++b) {
-                       const int64_t o = b * H;
-                       if (len != nullptr && t >= len[b]) {
-                         std::fill(ga_t + o, ga_t + o + H, scalar_t(0));
-                         continue;
-                       }
-                       if (act == Activation::Tanh) {
-                         for (int64_t j = o; j < o + H; ++j) {
-                           const acc_t h = h_t[j];
-                           ga_t[j] = (acc_t(gy_t[j]) + acc_t(g[j])) * (acc_t(1) - h * h);
-                         }
-                       } else {
-                         for (int64_t j = o; j < o + H; ++j) {
-                           ga_t[j] = acc_t(h_t[j]) > acc_t(0)
-                                         ? scalar_t(acc_t(gy_t[j]) + acc_t(g[j]))
-                                         : scalar_t(0);
-                         }
-                       }
-                     }
-                   });
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t o = b * H;
+      if (len != nullptr && t >= len[b]) {
+        std::fill(ga_t + o, ga_t + o + H, scalar_t(0));
+      } else if (act == Activation::Tanh) {
+        preactivation_grad_row<scalar_t, Activation::Tanh>(ga_t + o, gy_t + b * gy_sB, gy_sH,
+                                                           g + o, h_t + o, H);
+      } else {
+        preactivation_grad_row<scalar_t, Activation::Relu>(ga_t + o, gy_t + b * gy_sB, gy_sH,
+                                                           g + o, h_t + o, H);
+      }
+    }
+  });
 }
 
 void activate_(at::Tensor& t, Activation act) {
@@ -148,7 +161,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     const at::Tensor& output_, Activation act, bool reverse, const at::Tensor& lengths_cpu,
     const ElmanSizes& s) {
   const auto [T, B, I, H] = s;
-  const at::Tensor gy = grad_output_.contiguous();
+  // The last dimension of the output gradient must be dense or broadcast (stride 0); the
+  // other two may have any strides.
+  const at::Tensor gy = grad_output_.stride(2) == 1 || grad_output_.stride(2) == 0 || H <= 1
+                            ? grad_output_
+                            : grad_output_.contiguous();
   const at::Tensor out = output_.contiguous();
   const at::Tensor input = input_.contiguous();
   const at::Tensor h_0 = h_0_.contiguous();
@@ -164,11 +181,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
       for (const auto step : c10::irange(T)) {
         const int64_t t = step_time(T - 1 - step, T, reverse);
         at::Tensor ga_t = ga.select(0, t);
-        preactivation_grad_step<scalar_t>(ga_t.data_ptr<scalar_t>(),
-                                          gy.const_data_ptr<scalar_t>() + t * B * H,
-                                          g.const_data_ptr<scalar_t>(),
-                                          out.const_data_ptr<scalar_t>() + t * B * H, len, t, B, H,
-                                          act);
+        preactivation_grad_step<scalar_t>(
+            ga_t.data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>() + t * gy.stride(0),
+            gy.stride(1), H <= 1 ? 1 : gy.stride(2), g.const_data_ptr<scalar_t>(),
+            out.const_data_ptr<scalar_t>() + t * B * H, len, t, B, H, act);
         if (len == nullptr) {
           at::mm_out(g, ga_t, weight_hh);
           continue;

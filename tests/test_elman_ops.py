@@ -1,0 +1,462 @@
+"""The fused Elman operators (rnn_ext.ops.elman_rnn / elman_cell) on the CPU.
+
+References: torch.nn.RNN / nn.RNNCell with the same weights (PyTorch's own kernels),
+float64 finite differences (gradcheck), torch.library.opcheck, and rnn_ext.reference.
+"""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnn_ext
+from rnn_ext.ops import elman_cell, elman_rnn
+from rnn_ext.reference import elman_rnn_reference
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+# (T, B, I, H): the degenerate sizes, odd ones and the lesson's layer shape, kept small.
+SIZES = [(1, 1, 1, 1), (1, 3, 2, 5), (4, 1, 3, 1), (7, 5, 3, 9), (5, 4, 1, 33), (8, 16, 42, 64)]
+
+
+def _rnn_params(rnn, suffix=""):
+    names = [f"weight_ih_l0{suffix}", f"weight_hh_l0{suffix}"]
+    if rnn.bias:
+        names += [f"bias_ih_l0{suffix}", f"bias_hh_l0{suffix}"]
+    return [getattr(rnn, n) for n in names]
+
+
+def _op_args(rnn, suffix=""):
+    p = _rnn_params(rnn, suffix)
+    return p if rnn.bias else p + [None, None]
+
+
+def _random_lengths(T, B, gen):
+    lengths = torch.randint(1, T + 1, (B,), generator=gen)
+    lengths[torch.randint(0, B, (1,), generator=gen)] = T  # nn.RNN's packed output pads to max
+    return lengths
+
+
+def _grads(outputs, inputs, grad_outputs):
+    return torch.autograd.grad(outputs, inputs, grad_outputs)
+
+
+def _assert_close_all(actual, expected, dtype):
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        torch.testing.assert_close(a, e, **TOL[dtype], msg=lambda m, i=i: f"item {i}: {m}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Values and gradients against nn.RNN
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("T,B,I,H", SIZES)
+def test_forward_direction_matches_nn_rnn(dtype, nonlinearity, bias, T, B, I, H):
+    torch.manual_seed(T * 1000 + B * 100 + I * 10 + H)
+    rnn = nn.RNN(I, H, nonlinearity=nonlinearity, bias=bias).to(dtype)
+    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(1, B, H, dtype=dtype, requires_grad=True)
+    out_ref, hn_ref = rnn(x, h0)
+    out, hn = elman_rnn(x, h0[0], *_op_args(rnn), nonlinearity=nonlinearity)
+    _assert_close_all([out, hn], [out_ref, hn_ref[0]], dtype)
+
+    gy, gh = torch.randn_like(out), torch.randn_like(hn)
+    inputs = [x, h0, *_rnn_params(rnn)]
+    _assert_close_all(_grads((out, hn), inputs, (gy, gh)),
+                      _grads((out_ref, hn_ref[0]), inputs, (gy, gh)), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nonlinearity,bias", [("tanh", True), ("relu", False)])
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("T,B,I,H", SIZES)
+def test_both_directions_match_bidirectional_nn_rnn(dtype, nonlinearity, bias, with_lengths,
+                                                     T, B, I, H):
+    """reverse=True is nn.RNN's second direction; lengths are nn.RNN's packed sequences."""
+    gen = torch.Generator().manual_seed(T + 10 * B + 100 * H)
+    torch.manual_seed(T + 10 * B + 100 * H)
+    rnn = nn.RNN(I, H, nonlinearity=nonlinearity, bias=bias, bidirectional=True).to(dtype)
+    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(2, B, H, dtype=dtype, requires_grad=True)
+    lengths = _random_lengths(T, B, gen) if with_lengths else None
+
+    if with_lengths:
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out_ref, hn_ref = rnn(packed, h0)
+        out_ref, _ = pad_packed_sequence(out_ref, total_length=T)
+    else:
+        out_ref, hn_ref = rnn(x, h0)
+
+    out_f, hn_f = elman_rnn(x, h0[0], *_op_args(rnn), nonlinearity, False, lengths)
+    out_b, hn_b = elman_rnn(x, h0[1], *_op_args(rnn, "_reverse"), nonlinearity, True, lengths)
+    out = torch.cat([out_f, out_b], dim=2)
+    hn = torch.stack([hn_f, hn_b])
+    _assert_close_all([out, hn], [out_ref, hn_ref], dtype)
+
+    gy, gh = torch.randn_like(out), torch.randn_like(hn)
+    if with_lengths:  # the gradient of padded outputs is meaningless for both
+        gy = gy * (torch.arange(T).unsqueeze(1) < lengths).unsqueeze(2)
+    inputs = [x, h0, *_rnn_params(rnn), *_rnn_params(rnn, "_reverse")]
+    _assert_close_all(_grads((out, hn), inputs, (gy, gh)),
+                      _grads((out_ref, hn_ref), inputs, (gy, gh)), dtype)
+
+
+def test_padded_steps_output_zero_and_keep_state():
+    torch.manual_seed(0)
+    T, B, I, H = 6, 3, 2, 4
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0 = torch.randn(B, H, dtype=torch.float64)
+    w = [torch.randn(H, I, dtype=torch.float64), torch.randn(H, H, dtype=torch.float64)]
+    lengths = torch.tensor([6, 2, 4])
+    for reverse in (False, True):
+        out, hn = elman_rnn(x, h0, *w, reverse=reverse, lengths=lengths)
+        for b, n in enumerate(lengths.tolist()):
+            assert out[n:, b].abs().max().item() == 0.0 if n < T else True
+            # each sequence alone, unpadded, gives the same states
+            out_b, hn_b = elman_rnn(x[:n, b:b + 1], h0[b:b + 1], *w, reverse=reverse)
+            torch.testing.assert_close(out[:n, b:b + 1], out_b, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(hn[b:b + 1], hn_b, rtol=1e-12, atol=1e-12)
+
+
+def test_lengths_as_list_equal_lengths_as_tensor():
+    torch.manual_seed(0)
+    x, h0 = torch.randn(4, 2, 3), torch.randn(2, 5)
+    w = [torch.randn(5, 3), torch.randn(5, 5)]
+    a = elman_rnn(x, h0, *w, lengths=[4, 2])
+    b = elman_rnn(x, h0, *w, lengths=torch.tensor([4, 2]))
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("B,I,H", [(1, 1, 1), (3, 4, 5), (16, 42, 64)])
+def test_cell_matches_nn_rnncell(dtype, nonlinearity, bias, B, I, H):
+    torch.manual_seed(B + I + H)
+    cell = nn.RNNCell(I, H, bias=bias, nonlinearity=nonlinearity).to(dtype)
+    x = torch.randn(B, I, dtype=dtype, requires_grad=True)
+    hx = torch.randn(B, H, dtype=dtype, requires_grad=True)
+    hy_ref = cell(x, hx)
+    params = [cell.weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if bias else [])
+    args = params if bias else params + [None, None]
+    hy = elman_cell(x, hx, *args, nonlinearity=nonlinearity)
+    _assert_close_all([hy], [hy_ref], dtype)
+    g = torch.randn_like(hy)
+    inputs = [x, hx, *params]
+    _assert_close_all(_grads(hy, inputs, g), _grads(hy_ref, inputs, g), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_close_to_float64(dtype):
+    """bfloat16 / float16 on the CPU (nn.RNN accepts both in this torch): close to float64."""
+    torch.manual_seed(0)
+    T, B, I, H = 6, 4, 8, 16
+    rnn = nn.RNN(I, H).double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0 = torch.randn(B, H, dtype=torch.float64)
+    out64, hn64 = elman_rnn(x, h0, *_op_args(rnn))
+    params = [p.detach().to(dtype).requires_grad_() for p in _op_args(rnn)]
+    xl = x.to(dtype).requires_grad_()
+    out, hn = elman_rnn(xl, h0.to(dtype), *params)
+    assert out.dtype == dtype and hn.dtype == dtype
+    torch.testing.assert_close(out.double(), out64, rtol=0, atol=5e-2)
+    torch.testing.assert_close(hn.double(), hn64, rtol=0, atol=5e-2)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in params)
+    assert torch.isfinite(xl.grad.float()).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Finite differences, double backward, opcheck, torch.compile
+
+
+def _small_case(bias=True, seed=0, T=4, B=3, I=2, H=3):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+
+    args = [r(T, B, I), r(B, H), r(H, I), r(H, H)]
+    args += [r(H), r(H)] if bias else [None, None]
+    return args
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [None, [4, 1, 3]])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradcheck_and_gradgradcheck(nonlinearity, reverse, lengths, bias):
+    args = _small_case(bias=bias)
+    lt = None if lengths is None else torch.tensor(lengths)
+
+    def f(*a):
+        return elman_rnn(*a, nonlinearity=nonlinearity, reverse=reverse, lengths=lt)
+
+    tensors = tuple(a for a in args if a is not None)
+
+    def g(*t):
+        it = iter(t)
+        return f(*[next(it) if a is not None else None for a in args])
+
+    assert torch.autograd.gradcheck(g, tensors)
+    assert torch.autograd.gradgradcheck(g, tensors)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_cell_gradcheck_and_gradgradcheck(nonlinearity):
+    x, h, wih, whh, bih, bhh = _small_case(T=1)
+    x = x[0].detach().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda *a: elman_cell(*a, nonlinearity=nonlinearity), (x, h, wih, whh, bih, bhh))
+    assert torch.autograd.gradgradcheck(
+        lambda *a: elman_cell(*a, nonlinearity=nonlinearity), (x, h, wih, whh, bih, bhh))
+
+
+def test_double_backward_equals_reference():
+    args = _small_case()
+    out, hn = elman_rnn(*args)
+    out_r, hn_r = elman_rnn_reference(*args)
+    for o, h in [(out, hn), (out_r, hn_r)]:
+        (gx,) = torch.autograd.grad((o ** 2).sum() + h.sum(), args[0], create_graph=True)
+        o._gg = torch.autograd.grad(gx.pow(2).sum(), args[2:4])
+    for a, b in zip(out._gg, out_r._gg):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse,lengths", [(False, None), (True, None), (True, [4, 2, 3])])
+def test_opcheck_sequence_ops(nonlinearity, reverse, lengths):
+    for dtype in (torch.float64, torch.float32):
+        args = [a.detach().to(dtype).requires_grad_() if a is not None else None
+                for a in _small_case()]
+        lt = None if lengths is None else torch.tensor(lengths)
+        torch.library.opcheck(torch.ops.rnn_ext.elman_forward,
+                              (*args, nonlinearity, reverse, lt))
+        out, hn = torch.ops.rnn_ext.elman_forward(*args, nonlinearity, reverse, lt)
+        bwd_args = (torch.randn_like(out), torch.randn_like(hn), *[a.detach() for a in args[:4]],
+                    out.detach(), nonlinearity, reverse, lt)
+        torch.library.opcheck(torch.ops.rnn_ext.elman_backward, bwd_args)
+
+
+def test_opcheck_cell_ops():
+    x, h, wih, whh, bih, bhh = _small_case(T=1)
+    x = x[0].detach().requires_grad_()
+    for nl in ("tanh", "relu"):
+        torch.library.opcheck(torch.ops.rnn_ext.elman_cell_forward, (x, h, wih, whh, bih, bhh, nl))
+        torch.library.opcheck(torch.ops.rnn_ext.elman_cell_forward, (x, h, wih, whh, None, None, nl))
+        hy = torch.ops.rnn_ext.elman_cell_forward(x, h, wih, whh, bih, bhh, nl)
+        torch.library.opcheck(torch.ops.rnn_ext.elman_cell_backward,
+                              (torch.randn_like(hy), x.detach(), h.detach(), wih.detach(),
+                               whh.detach(), hy.detach(), nl))
+
+
+def test_torch_compile_fullgraph_equals_eager():
+    torch.manual_seed(0)
+    args = [a.detach().float().requires_grad_() for a in _small_case()]
+    lengths = torch.tensor([4, 2, 3])
+
+    def f(x, h0, wih, whh, bih, bhh):
+        out, hn = elman_rnn(x, h0, wih, whh, bih, bhh, "tanh", True, lengths)
+        hy = elman_cell(out[-1], hn, wih.new_ones(3, 3), whh, bih, bhh, "relu")
+        return out.square().sum() + hy.sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    loss_c = compiled(*args)
+    grads_c = torch.autograd.grad(loss_c, args)
+    loss_e = f(*args)
+    grads_e = torch.autograd.grad(loss_e, args)
+    torch.testing.assert_close(loss_c, loss_e)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts: non-contiguous, transposed and expanded (stride-0) tensors give the same numbers
+
+
+def test_non_contiguous_transposed_and_expanded_inputs():
+    torch.manual_seed(0)
+    T, B, I, H = 5, 3, 4, 6
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    h0 = torch.randn(B, H, dtype=torch.float64)
+    wih, whh = torch.randn(H, I, dtype=torch.float64), torch.randn(H, H, dtype=torch.float64)
+    bih, bhh = torch.randn(H, dtype=torch.float64), torch.randn(H, dtype=torch.float64)
+    expected = elman_rnn(x, h0, wih, whh, bih, bhh)
+
+    x_bf = x.transpose(0, 1).contiguous().transpose(0, 1)        # batch-first storage
+    x_sliced = torch.randn(T, B, 2 * I, dtype=torch.float64)
+    x_sliced[:, :, ::2] = x
+    h0_t = h0.t().contiguous().t()
+    wih_t, whh_t = wih.t().contiguous().t(), whh.t().contiguous().t()
+    bih_s = torch.stack([bih, bih], 1)[:, 0]
+    for args in [(x_bf, h0, wih, whh, bih, bhh),
+                 (x_sliced[:, :, ::2], h0_t, wih_t, whh_t, bih_s, bhh),
+                 (x, h0, wih, whh_t, bih, bhh)]:
+        assert not all(a.is_contiguous() for a in args)
+        got = elman_rnn(*args)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+    # stride-0: the same input row for every step and batch element, a zero state expanded
+    row = torch.randn(I, dtype=torch.float64)
+    x_exp = row.expand(T, B, I)
+    h_exp = torch.zeros(1, 1, dtype=torch.float64).expand(B, H)
+    got = elman_rnn(x_exp, h_exp, wih, whh, bih, bhh)
+    want = elman_rnn(x_exp.contiguous(), h_exp.contiguous(), wih, whh, bih, bhh)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_backward_with_expanded_and_non_contiguous_grads():
+    """out.sum().backward() hands the kernel a stride-0 gradient; the result must not change."""
+    args = _small_case()
+    out, hn = elman_rnn(*args)
+    g1 = torch.autograd.grad(out.sum() + hn.sum(), args[:4])
+    out, hn = elman_rnn(*args)
+    g2 = torch.autograd.grad((out, hn), args[:4], (torch.ones_like(out), torch.ones_like(hn)))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    out, hn = elman_rnn(*args)
+    gy = torch.randn(out.shape[2], out.shape[1], out.shape[0], dtype=out.dtype).permute(2, 1, 0)
+    g3 = torch.autograd.grad((out, hn), args[:4], (gy, torch.zeros_like(hn)))
+    out, hn = elman_rnn(*args)
+    g4 = torch.autograd.grad((out, hn), args[:4], (gy.contiguous(), torch.zeros_like(hn)))
+    for a, b in zip(g3, g4):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: a clear error naming the argument and the expected shape, never a crash
+
+
+def _good(T=4, B=3, I=2, H=5, dtype=torch.float32):
+    return dict(input=torch.randn(T, B, I, dtype=dtype), h_0=torch.randn(B, H, dtype=dtype),
+                weight_ih=torch.randn(H, I, dtype=dtype), weight_hh=torch.randn(H, H, dtype=dtype),
+                bias_ih=torch.randn(H, dtype=dtype), bias_hh=torch.randn(H, dtype=dtype))
+
+
+BAD_SEQUENCE_CASES = [
+    # (what to change, exception type, words the message must hold)
+    (dict(input=torch.randn(4, 3)), RuntimeError, ["input", "rank 3", "(T, B, I)", "[4, 3]"]),
+    (dict(input=torch.randn(4, 3, 2, 1)), RuntimeError, ["input", "rank 3", "[4, 3, 2, 1]"]),
+    (dict(input=torch.randn(0, 3, 2)), ValueError, ["sequence length", "larger than 0"]),
+    (dict(h_0=torch.randn(2, 5)), RuntimeError, ["h_0", "(B, H)", "[3, 5]", "[2, 5]"]),
+    (dict(h_0=torch.randn(1, 3, 5)), RuntimeError, ["h_0", "(B, H)", "[1, 3, 5]"]),
+    (dict(weight_ih=torch.randn(5, 3)), RuntimeError, ["weight_ih", "(H, I)", "[5, 2]", "[5, 3]"]),
+    (dict(weight_hh=torch.randn(5, 4)), RuntimeError, ["weight_hh", "(H, H)", "[5, 4]"]),
+    (dict(bias_ih=torch.randn(4)), RuntimeError, ["bias_ih", "(H,)", "[5]", "[4]"]),
+    (dict(bias_hh=torch.randn(5, 1)), RuntimeError, ["bias_hh", "(H,)", "[5, 1]"]),
+    (dict(h_0=torch.randn(3, 5, dtype=torch.float64)), RuntimeError, ["h_0", "dtype", "Float", "Double"]),
+    (dict(weight_hh=torch.randn(5, 5, dtype=torch.float64)), RuntimeError, ["weight_hh", "dtype"]),
+    (dict(bias_hh=torch.randn(5, dtype=torch.float16)), RuntimeError, ["bias_hh", "dtype"]),
+    (dict(input=torch.ones(4, 3, 2, dtype=torch.int64)), RuntimeError, ["input", "floating", "Long"]),
+]
+
+
+@pytest.mark.parametrize("change,exc,words", BAD_SEQUENCE_CASES)
+def test_bad_sequence_input_names_the_argument(change, exc, words):
+    kw = {**_good(), **change}
+    with pytest.raises(exc) as info:
+        elman_rnn(**kw)
+    for w in words:
+        assert w in str(info.value), f"{w!r} not in {info.value}"
+
+
+@pytest.mark.parametrize("lengths,exc,words", [
+    (torch.tensor([4, 0, 2]), ValueError, ["lengths[1] = 0", "[1, T] = [1, 4]", "empty"]),
+    (torch.tensor([4, 5, 2]), ValueError, ["lengths[1] = 5", "[1, 4]"]),
+    (torch.tensor([-1, 2, 2]), ValueError, ["lengths[0] = -1"]),
+    (torch.tensor([4, 2]), RuntimeError, ["lengths", "(B,)", "[3]", "[2]"]),
+    (torch.tensor([[4, 2, 1]]), RuntimeError, ["lengths", "(B,)", "[1, 3]"]),
+    (torch.tensor([4.0, 2.0, 1.0]), RuntimeError, ["lengths", "int64", "Float"]),
+])
+def test_bad_lengths(lengths, exc, words):
+    with pytest.raises(exc) as info:
+        elman_rnn(**_good(), lengths=lengths)
+    for w in words:
+        assert w in str(info.value), f"{w!r} not in {info.value}"
+
+
+def test_bad_nonlinearity():
+    with pytest.raises(ValueError, match="unknown nonlinearity 'sigmoid'.*'tanh' or 'relu'"):
+        elman_rnn(**_good(), nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="unknown nonlinearity"):
+        g = _good()
+        elman_cell(g["input"][0], g["h_0"], g["weight_ih"], g["weight_hh"], nonlinearity="gelu")
+
+
+@pytest.mark.parametrize("change,words", [
+    (dict(input=torch.randn(3)), ["input", "rank 2", "(B, I)", "[3]"]),
+    (dict(input=torch.randn(4, 3, 2)), ["input", "rank 2", "[4, 3, 2]"]),
+    (dict(hx=torch.randn(3, 5, 1)), ["hx", "rank 2", "[3, 5, 1]"]),
+    (dict(hx=torch.randn(2, 5)), ["hx", "(B, H)", "[3, 5]", "[2, 5]"]),
+    (dict(weight_ih=torch.randn(5, 7)), ["weight_ih", "(H, I)", "[5, 7]"]),
+    (dict(hx=torch.randn(3, 5, dtype=torch.float64)), ["hx", "dtype"]),
+])
+def test_bad_cell_input_names_the_argument(change, words):
+    g = _good()
+    kw = dict(input=g["input"][0], hx=g["h_0"], weight_ih=g["weight_ih"],
+              weight_hh=g["weight_hh"], bias_ih=g["bias_ih"], bias_hh=g["bias_hh"])
+    kw.update(change)
+    with pytest.raises(RuntimeError) as info:
+        elman_cell(**kw)
+    for w in words:
+        assert w in str(info.value), f"{w!r} not in {info.value}"
+
+
+@pytest.mark.parametrize("name,bad,words", [
+    ("grad_output", torch.randn(4, 3, 4), ["grad_output", "(T, B, H)", "[4, 3, 5]", "[4, 3, 4]"]),
+    ("grad_h_n", torch.randn(3, 4), ["grad_h_n", "(B, H)", "[3, 4]"]),
+    ("output", torch.randn(3, 3, 5), ["output", "(T, B, H)", "[3, 3, 5]"]),
+    ("grad_output", torch.randn(4, 3, 5, dtype=torch.float64), ["grad_output", "dtype"]),
+])
+def test_bad_backward_input_names_the_argument(name, bad, words):
+    g = _good()
+    out, hn = elman_rnn(**g)
+    kw = dict(grad_output=torch.randn_like(out), grad_h_n=torch.randn_like(hn), input=g["input"],
+              h_0=g["h_0"], weight_ih=g["weight_ih"], weight_hh=g["weight_hh"], output=out)
+    kw[name] = bad
+    with pytest.raises(RuntimeError) as info:
+        torch.ops.rnn_ext.elman_backward(*kw.values(), "tanh", False, None)
+    for w in words:
+        assert w in str(info.value), f"{w!r} not in {info.value}"
+
+
+def test_empty_batch_and_zero_hidden_do_not_crash():
+    """B = 0 and H = 0 are legal for nn.RNN; the op returns the same empty shapes."""
+    for T, B, I, H in [(3, 0, 2, 4), (3, 2, 2, 0)]:
+        rnn = nn.RNN(I, H) if H > 0 else None
+        x = torch.randn(T, B, I)
+        h0 = torch.zeros(B, H)
+        w = [torch.randn(H, I), torch.randn(H, H)]
+        out, hn = elman_rnn(x, h0, *w)
+        assert out.shape == (T, B, H) and hn.shape == (B, H)
+        if rnn is not None:
+            ref, _ = rnn(x)
+            assert ref.shape == out.shape
+
+
+def test_no_cuda_build_reports_itself():
+    """has_cuda_kernels() says whether the CUDA kernels were compiled in (a bool either way)."""
+    assert isinstance(rnn_ext.has_cuda_kernels(), bool)
+    assert rnn_ext.has_cuda_kernels() == torch._C._dispatch_has_kernel_for_dispatch_key(
+        "rnn_ext::elman_backward", "CUDA")
+
+
+def test_all_combinations_hit_the_same_kernel_as_reference():
+    """A sweep through the plain-PyTorch reference (the double-backward path) for every flag."""
+    torch.manual_seed(1)
+    for nonlinearity, reverse, bias in itertools.product(["tanh", "relu"], [False, True], [True, False]):
+        args = _small_case(bias=bias, T=5, B=4)
+        lt = torch.tensor([5, 3, 1, 4])
+        got = elman_rnn(*args, nonlinearity, reverse, lt)
+        want = elman_rnn_reference(*args, nonlinearity, reverse, lt)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
