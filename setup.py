@@ -6,8 +6,9 @@ Decision (printed at build time):
   * no CUDA toolkit (nvcc) found   -> C++ only.
   * otherwise                      -> C++ and CUDA (csrc/cuda/*.cu).
 
-With no GPU on the build machine set TORCH_CUDA_ARCH_LIST (e.g. "9.0"); set CUDA_HOME when
-`nvcc` on PATH is a wrapper (torch would otherwise guess the toolkit's root from it).
+TORCH_CUDA_ARCH_LIST picks the GPU architectures (default: the visible GPU's, or "9.0" when no
+GPU is visible). CUDA_HOME defaults to /usr/local/cuda when it holds nvcc (torch would otherwise
+guess the toolkit's root from `which nvcc`, which fails when that is a wrapper).
 RNN_EXT_DEBUG=1 compiles with -O0 -g.
 """
 import glob
@@ -54,6 +55,10 @@ def _extension():
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     if use_cuda and not cuda_sources:
         use_cuda, why = False, "there are no CUDA sources in csrc/cuda"
+    if use_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # torch asks the (absent) GPU for its architecture otherwise, and fails.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+        why += "; no GPU visible, so TORCH_CUDA_ARCH_LIST=9.0"
     print(f"rnn_ext build: {'C++ and CUDA' if use_cuda else 'C++ only'} ({why})", file=sys.stderr)
     kwargs = dict(
         name="rnn_ext._C",
