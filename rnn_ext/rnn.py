@@ -1,9 +1,10 @@
 """Drop-in replacements for :class:`torch.nn.RNN` and :class:`torch.nn.RNNCell` on the fused ops.
 
-:class:`RNN` and :class:`RNNCell` subclass the PyTorch modules, so they inherit the constructor
-(argument checks, parameter names, shapes, registration order, initialisation
-:math:`\\mathcal{U}(-1/\\sqrt{H}, 1/\\sqrt{H})`), ``repr``, ``state_dict``, ``flatten_parameters``
-and ``isinstance(m, torch.nn.RNN)``; only ``forward`` is replaced. Each layer and direction runs
+:class:`RNN` subclasses ``torch.nn.RNNBase`` (the base of ``nn.RNN``; not ``nn.RNN`` itself, which
+``torch.compile`` refuses to trace) and :class:`RNNCell` subclasses ``torch.nn.RNNCell``, so they
+inherit the constructor checks, parameter names, shapes, registration order, initialisation
+:math:`\\mathcal{U}(-1/\\sqrt{H}, 1/\\sqrt{H})`, ``repr``, ``state_dict`` and
+``flatten_parameters``; ``forward`` is replaced. Each layer and direction runs
 through one call of the fused :func:`rnn_ext.ops.elman_rnn` (the cell through
 :func:`rnn_ext.ops.elman_cell`). The semantics are those of the PyTorch documentation of
 ``torch.nn.RNN`` / ``torch.nn.RNNCell``; the argument handling mirrors ``torch/nn/modules/rnn.py``.
@@ -18,7 +19,7 @@ keeping the very same ``Parameter`` objects (so an optimizer built before the sw
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Type, TypeVar, Union
+from typing import Optional, Type, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ def _base_class(module: nn.Module) -> type:
 # RNN
 
 
-class RNN(nn.RNN):
+class RNN(nn.RNNBase):
     r"""Multi-layer Elman RNN, a drop-in replacement for :class:`torch.nn.RNN` on fused kernels.
 
     .. math:: h_t = \phi(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh}),\quad
@@ -84,8 +85,8 @@ class RNN(nn.RNN):
     batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None)``, the same
     arguments, checks, errors (ValueError / TypeError), parameters ``weight_ih_l{k}[_reverse]``
     ``(H, I or D*H)``, ``weight_hh_l{k}[_reverse]`` ``(H, H)``, ``bias_ih_l{k}[_reverse]``,
-    ``bias_hh_l{k}[_reverse]`` ``(H,)``, initialisation and ``repr`` as ``nn.RNN`` (it is a
-    subclass). ``state_dict`` is interchangeable with ``nn.RNN``'s (``strict=True``).
+    ``bias_hh_l{k}[_reverse]`` ``(H,)``, initialisation and ``repr`` as ``nn.RNN`` (inherited from
+    ``nn.RNNBase``). ``state_dict`` is interchangeable with ``nn.RNN``'s (``strict=True``).
 
     Forward: ``forward(input, hx=None) -> (output, h_n)``.
 
@@ -108,7 +109,42 @@ class RNN(nn.RNN):
             sequence of length 0.
 
     Gradients: through the fused backward operator (``rnn_ext::elman_backward``), exact.
+
+    It subclasses ``nn.RNNBase`` rather than ``nn.RNN`` because ``torch.compile`` (Dynamo)
+    refuses to trace any instance of ``nn.RNN`` (graph break, and an error under
+    ``fullgraph=True``); ``isinstance(m, torch.nn.RNNBase)`` holds, ``isinstance(m, nn.RNN)`` not.
     """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ) -> None:
+        # nn.RNN's own checks, in its order and with its messages.
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        self.nonlinearity = nonlinearity
+        if nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(
+                f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
+            )
+        super().__init__(
+            mode, input_size, hidden_size, num_layers, bias, batch_first,
+            dropout, bidirectional, device=device, dtype=dtype, **kwargs,
+        )
 
     def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
         """``nn.RNN``'s input check (same messages), reading the current weight's dtype."""
@@ -242,8 +278,8 @@ class RNN(nn.RNN):
         """An :class:`RNN` sharing ``module``'s parameters (the same ``Parameter`` objects),
         hooks, training mode, device and dtype; parametrizations are kept.
 
-        Raises TypeError if ``module`` is not a ``torch.nn.RNN``."""
-        if not isinstance(module, nn.RNN):
+        Raises TypeError if ``module`` is not a ``torch.nn.RNN`` (or an :class:`RNN`)."""
+        if not isinstance(module, (nn.RNN, RNN)):
             raise TypeError(f"from_torch expects a torch.nn.RNN, got {type(module).__name__}")
         return _retype(module, cls)
 
