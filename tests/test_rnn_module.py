@@ -662,3 +662,44 @@ def test_deepcopy_and_pickle():
 
 def test_exports():
     assert rnn_ext.RNN is RNN and rnn_ext.RNNCell is RNNCell and rnn_ext.convert_rnn is convert_rnn
+
+
+def test_double_backward_gradgradcheck():
+    torch.manual_seed(0)
+    m = RNN(2, 3, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    hx = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, hx, w):
+        out, h = torch.func.functional_call(m, {"weight_hh_l0": w}, (x, hx), strict=False)
+        return out, h
+
+    w = m.weight_hh_l0.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(f, (x, hx, w))
+    assert torch.autograd.gradgradcheck(f, (x, hx, w))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and rnn_ext.has_cuda_kernels()), reason="needs CUDA kernels"
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_nn_rnn(dtype):
+    torch.manual_seed(0)
+    ref = nn.RNN(5, 16, num_layers=2, bidirectional=True, batch_first=True).to("cuda", dtype)
+    ours = RNN.from_torch(copy.deepcopy(ref))
+    x = torch.randn(4, 7, 5, device="cuda", dtype=dtype)
+    lengths = [7, 3, 5, 1]
+    res = []
+    for m in (ref, ours):
+        xl = x.clone().requires_grad_()
+        packed = pack_padded_sequence(xl, lengths, batch_first=True, enforce_sorted=False)
+        out, h = m(packed)
+        loss = (out.data ** 2).sum() + h.sum()
+        res.append((out.data, h, *torch.autograd.grad(loss, [xl] + list(m.parameters()))))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else TOL[dtype]
+    for a, b in zip(res[0], res[1]):
+        torch.testing.assert_close(b, a, **tol)
+    cell_ref = nn.RNNCell(5, 16).to("cuda", dtype)
+    cell = RNNCell.from_torch(copy.deepcopy(cell_ref))
+    torch.testing.assert_close(cell(x[:, 0]), cell_ref(x[:, 0]), **tol)
