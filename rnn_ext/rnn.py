@@ -70,6 +70,25 @@ def _base_class(module: nn.Module) -> type:
     return cls
 
 
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast runs ``nn.RNN``'s kernels in on ``device_type`` (they are on its
+    lower-precision list), or None when autocast is off there."""
+    if not torch._C._is_any_autocast_enabled():
+        return None
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta, ...)
+        return None
+    return torch.get_autocast_dtype(device_type) if enabled else None
+
+
+def _autocast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
+    """Cast like autocast does: floating tensors other than float64 go to ``dtype``."""
+    if dtype is None or t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # RNN
 
@@ -208,6 +227,8 @@ class RNN(nn.RNNBase):
             # Each row of hx belongs to the sequence the caller passed at that position.
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(x, hx, batch_sizes)
+        cast = _autocast_dtype(x.device.type)
+        x, hx = _autocast(x, cast), _autocast(hx, cast)
         self._check_dtype_device(x, hx)
 
         lengths = None
@@ -225,10 +246,12 @@ class RNN(nn.RNNBase):
             outputs = []
             for direction in range(num_directions):
                 suffix = "_reverse" if direction == 1 else ""
-                weight_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
-                weight_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
-                bias_ih = getattr(self, f"bias_ih_l{layer}{suffix}") if self.bias else None
-                bias_hh = getattr(self, f"bias_hh_l{layer}{suffix}") if self.bias else None
+                weight_ih = _autocast(getattr(self, f"weight_ih_l{layer}{suffix}"), cast)
+                weight_hh = _autocast(getattr(self, f"weight_hh_l{layer}{suffix}"), cast)
+                bias_ih = _autocast(getattr(self, f"bias_ih_l{layer}{suffix}"), cast) \
+                    if self.bias else None
+                bias_hh = _autocast(getattr(self, f"bias_hh_l{layer}{suffix}"), cast) \
+                    if self.bias else None
                 out, h_last = elman_rnn(
                     layer_input, hx[layer * num_directions + direction], weight_ih, weight_hh,
                     bias_ih, bias_hh, self.nonlinearity, direction == 1, lengths,
@@ -346,7 +369,10 @@ class RNNCell(nn.RNNCell):
                 f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected "
                 f"{self.hidden_size}"
             )
-        weight_ih = self.weight_ih
+        cast = _autocast_dtype(input.device.type)
+        input, hx = _autocast(input, cast), _autocast(hx, cast)
+        weight_ih, weight_hh = _autocast(self.weight_ih, cast), _autocast(self.weight_hh, cast)
+        bias_ih, bias_hh = _autocast(self.bias_ih, cast), _autocast(self.bias_hh, cast)
         if input.dtype != weight_ih.dtype or hx.dtype != weight_ih.dtype:
             raise RuntimeError(
                 f"RNNCell input dtype ({input.dtype}) and hx dtype ({hx.dtype}) must both "
@@ -357,9 +383,7 @@ class RNNCell(nn.RNNCell):
                 "Expected all tensors to be on the same device, found input at "
                 f"{input.device}, hx at {hx.device} and weights at {weight_ih.device}"
             )
-        ret = elman_cell(
-            input, hx, weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
-        )
+        ret = elman_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, self.nonlinearity)
         if not is_batched:
             ret = ret.squeeze(0)
         return ret

@@ -703,3 +703,28 @@ def test_cuda_matches_nn_rnn(dtype):
     cell_ref = nn.RNNCell(5, 16).to("cuda", dtype)
     cell = RNNCell.from_torch(copy.deepcopy(cell_ref))
     torch.testing.assert_close(cell(x[:, 0]), cell_ref(x[:, 0]), **tol)
+
+
+def test_cpu_autocast_like_nn_rnn():
+    """Under autocast nn.RNN / nn.RNNCell run in the autocast dtype (bfloat16 on the CPU);
+    so do rnn_ext's, with float32 gradients for float32 parameters."""
+    ref, ours = _pair(0, torch.float32, input_size=3, hidden_size=8, num_layers=2,
+                      bidirectional=True)
+    x = torch.randn(6, 4, 3)
+    res = []
+    for m in (ref, ours):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, h = m(x)
+        assert out.dtype == h.dtype == torch.bfloat16
+        grads = torch.autograd.grad(out.float().sum() + h.float().sum(), list(m.parameters()))
+        assert all(g.dtype == torch.float32 for g in grads)
+        res.append((out.float(), h.float(), *grads))
+    for a, b in zip(res[0], res[1]):
+        torch.testing.assert_close(b, a, rtol=5e-2, atol=5e-2)
+    torch.manual_seed(0)
+    cell_ref = nn.RNNCell(3, 8)
+    cell = RNNCell.from_torch(copy.deepcopy(cell_ref))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref, y = cell_ref(x[0]), cell(x[0])
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
