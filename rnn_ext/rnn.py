@@ -119,7 +119,8 @@ class RNN(nn.RNNBase):
       ``[layer0 forward, layer0 backward, layer1 forward, ...]``.
 
     With ``dropout > 0`` in training mode, dropout is applied to each layer's output except the
-    last (as ``nn.RNN``; the random masks differ from ``nn.RNN``'s).
+    last (as ``nn.RNN``; the random masks differ from ``nn.RNN``'s). Under autocast, input, hx
+    and weights are cast to the autocast dtype (float64 ones are left alone), as ``nn.RNN``.
 
     Raises (the same exception types and messages as ``nn.RNN``):
         ValueError: input of rank other than 2 or 3; input dtype unlike the weights'.
@@ -327,7 +328,7 @@ class RNNCell(nn.RNNCell):
 
     Forward: ``forward(input, hx=None) -> h'``. input ``(B, I)`` or ``(I,)``; hx ``(B, H)`` or
     ``(H,)`` (zeros when omitted), the same floating dtype and device as input and weights;
-    h' ``(B, H)`` or ``(H,)``.
+    h' ``(B, H)`` or ``(H,)``. Under autocast, computed in the autocast dtype, as ``nn.RNNCell``.
 
     Raises (the same types and messages as ``nn.RNNCell``):
         ValueError: input or hx of rank other than 1 or 2.
