@@ -7,7 +7,7 @@
 // need a unit stride along C, and copy the input only when it lacks one).
 //
 //   NLL forward      one gather per row; loss per row (none) or partial sums (mean / sum).
-//   NLL backward     one pass writing each row of the gradient: zeros and the one nonzero.
+//   NLL backward     one pass writing the gradient: zeros and each row's one nonzero.
 //   CE forward       per row: max, sum of exp(x - max), lse = max + log(sum), loss; lse saved.
 //   CE backward      per row: grad = c * (onehot - exp(x - lse)), from logits and lse only.
 // Rows run in parallel (at::parallel_for) in blocks of a fixed size; the partial sums of the
@@ -419,9 +419,10 @@ at::Tensor seq_nll_loss_backward_cpu(
           scalar_t* g = grad.mutable_data_ptr<scalar_t>();
           BadRow bad;
           at::parallel_for(0, s.T * s.B, rows_per_block(s.C), [&](int64_t r0, int64_t r1) {
+            // the rows of a task are contiguous in grad: one fill (still in cache), then the
+            // one nonzero of each row
+            std::fill(g + r0 * s.C, g + r1 * s.C, scalar_t(0));
             for_rows(r0, r1, s.B, [&](int64_t t, int64_t b, int64_t r) {
-              scalar_t* row = g + r * s.C;
-              std::fill(row, row + s.C, scalar_t(0));
               const int64_t y = rt.y(t, b);
               if (rt.ignored(y)) {
                 return;
@@ -430,7 +431,7 @@ at::Tensor seq_nll_loss_backward_cpu(
                 bad.record(r);
                 return;
               }
-              row[y] = static_cast<scalar_t>(rt.w(y) * gs(t, b));
+              g[r * s.C + y] = static_cast<scalar_t>(rt.w(y) * gs(t, b));
             });
           });
           bad.raise_if_any(op, rt, target_batch_first);
