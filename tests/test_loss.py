@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import rnn_ext
 
 DEVICES = ["cpu"]
-if torch.cuda.is_available() and rnn_ext.has_cuda_kernels() and torch._C._dispatch_has_kernel_for_dispatch_key(
+if torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
     "rnn_ext::seq_nll_loss_forward", "CUDA"
 ):
     DEVICES.append(pytest.param("cuda", marks=pytest.mark.cuda))
