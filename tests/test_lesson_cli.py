@@ -49,6 +49,20 @@ def test_train_writes_checkpoint_and_prints_epochs(ckpt, text_file, capsys, tmp_
     assert load_checkpoint(out)["config"]["model"] == "CharRnn"
 
 
+def test_train_resume(text_file, tmp_path, capsys):
+    out = str(tmp_path / "r.pt")
+    assert main(["train", "--model", "seq", "--text", text_file, "--epochs", "1", "--out",
+                 out] + SMALL) == 0
+    capsys.readouterr()
+    # continue the same schedule with 2 epochs per phase: epochs 3 and 4 are left to do
+    assert main(["train", "--resume", out, "--text", text_file, "--epochs", "2"] + SMALL) == 0
+    printed = capsys.readouterr().out
+    assert [ln[0] for ln in _epoch_lines(printed)] == ["3", "4"]
+    c = load_checkpoint(out)
+    assert c["train"]["epochs_done"] == 4 and c["train"]["recipe"] == "seq"
+    assert [h["epoch"] for h in c["train"]["history"]] == [1, 2, 3, 4]
+
+
 def test_generate(ckpt, capsys):
     assert main(["generate", "--checkpoint", ckpt, "--prompt", "The ", "-n", "50"]) == 0
     text = capsys.readouterr().out.rstrip("\n")
