@@ -18,6 +18,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--n-hidden", "16", "--n-fac", "6", "--no-progress", "--threads", "1"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    n = torch.get_num_threads()  # main() sets --threads for the whole process
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("txt") / "tiny.txt"
