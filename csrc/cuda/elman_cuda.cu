@@ -33,11 +33,16 @@
 //
 //    Limits: all of W_hh must fit in the shared memory of the co-resident blocks, together with
 //    each block's BT x H slice of the state, in the accumulation type (4 bytes for float32,
-//    float16 and bfloat16, 8 for float64). On an H200 (132 SMs, 227 KB per block) the planner
-//    finds a plan up to about H = 2048 for float32 / float16 / bfloat16 and H = 1408 for
-//    float64 at small batch (B <= 8), less as B grows (the BT x H state slice grows); it also
-//    needs the device to support cooperative launches. Beyond that, or when no cooperative
-//    launch is possible, the cuBLAS path runs.
+//    float16 and bfloat16, 8 for float64), in blocks of 256 threads, all resident at once.
+//    The planner (make_plan) searches the tilings and takes the cheapest that fits; run on the
+//    H200's figures (132 SMs, 227 KB per block, the register counts ptxas reports) it finds
+//    one, for forward and backward alike, up to about
+//        float32 / float16 / bfloat16:  H = 2112 (B <= 8), 1056 (B = 64), 512 (B = 512)
+//        float64:                       H = 1696 (B = 1), 1184 (B = 8), 576 (B = 64), 288 (B = 512)
+//    (an estimate made off the device: the occupancy the driver reports decides). It also needs
+//    a device that supports cooperative launches. Beyond that the cuBLAS path runs.
+//    Arithmetic: FP32 (FP64) FMA on the CUDA cores, not tensor cores: more exact than cuDNN with
+//    TF32 or bf16 tensor-core GEMMs, and slower per flop; the gain is in launches and barriers.
 //
 //    Choice: environment variable RNN_EXT_CUDA_PERSISTENT, read at every call
 //    (rnn_ext.ops.set_cuda_persistent sets it from Python):
@@ -348,7 +353,7 @@ template <typename scalar_t, int RB, int RJ>
 __global__ void __launch_bounds__(kPersistentThreads)
     persistent_forward_kernel(PersistentArgs a) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* ws = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* hs = ws + a.H * a.ldj;
   cg::grid_group grid = cg::this_grid();
@@ -404,7 +409,7 @@ template <typename scalar_t, int RB, int RJ>
 __global__ void __launch_bounds__(kPersistentThreads)
     persistent_backward_kernel(PersistentArgs a) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* ws = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* hs = ws + a.H * a.ldj;
   cg::grid_group grid = cg::this_grid();
