@@ -657,8 +657,12 @@ Plan choose_persistent(const char* op, at::ScalarType dtype, const ElmanSizes& s
   return p;
 }
 
+// Launches the persistent kernel. Returns false, having launched nothing, when the driver
+// finds the grid too large to be resident at once (the SMs can be fewer than the properties
+// say, e.g. under MPS): the caller then runs the cuBLAS path, unless `require`.
 template <typename scalar_t>
-void launch_persistent(const Plan& p, PersistentArgs args, bool backward, cudaStream_t stream) {
+bool launch_persistent(const char* op, const Plan& p, PersistentArgs args, bool backward,
+                       cudaStream_t stream) {
   args.ks = p.ks;
   args.gb = p.gb;
   args.gj = p.gj;
@@ -668,10 +672,19 @@ void launch_persistent(const Plan& p, PersistentArgs args, bool backward, cudaSt
   KernelFn fn = persistent_kernel<scalar_t>(backward, p.rb, p.rj);
   TORCH_INTERNAL_ASSERT(fn != nullptr);
   void* kargs[] = {&args};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn),
-                                             dim3(static_cast<unsigned>(p.nbt * p.njt)),
-                                             dim3(kPersistentThreads), kargs, p.smem, stream));
+  const cudaError_t err = cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(fn), dim3(static_cast<unsigned>(p.nbt * p.njt)),
+      dim3(kPersistentThreads), kargs, p.smem, stream);
+  if (err == cudaErrorCooperativeLaunchTooLarge) {
+    (void)cudaGetLastError();  // clear it: nothing was launched
+    TORCH_CHECK(persistent_mode() != PersistentMode::Require, op,
+                ": RNN_EXT_CUDA_PERSISTENT=require, but the driver refused the cooperative "
+                "launch of ", p.nbt * p.njt, " blocks as too large");
+    return false;
+  }
+  C10_CUDA_CHECK(err);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -725,10 +738,15 @@ std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
     a.act = act;
     a.out = output.data_ptr();
     a.hbuf = hbuf.data_ptr();
+    bool launched = false;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                    "elman_forward_persistent",
-                                    [&] { launch_persistent<scalar_t>(plan, a, false, stream); });
-    return {output, hbuf.select(0, T & 1).clone()};
+                                    "elman_forward_persistent", [&] {
+      launched = launch_persistent<scalar_t>(op, plan, a, false, stream);
+    });
+    if (launched) {
+      return {output, hbuf.select(0, T & 1).clone()};
+    }
+    // Not launched: output still holds the input projection; the cuBLAS path follows.
   }
 
   const at::Tensor whh_t = weight_hh.t();
@@ -770,6 +788,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
   if (B > 0 && H > 0) {
     const Plan plan = allow_persistent ? choose_persistent(op, input.scalar_type(), s, true)
                                        : Plan();
+    bool launched = false;
     if (plan.ok) {
       const at::Tensor w = weight_hh.contiguous();
       PersistentArgs a{};
@@ -785,9 +804,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
       a.y = out.const_data_ptr();
       a.grad_h_n = grad_h_n.defined() ? grad_h_n.const_data_ptr() : nullptr;
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                      "elman_backward_persistent",
-                                      [&] { launch_persistent<scalar_t>(plan, a, true, stream); });
-    } else {
+                                      "elman_backward_persistent", [&] {
+        launched = launch_persistent<scalar_t>(op, plan, a, true, stream);
+      });
+    }
+    if (!launched) {
       at::Tensor g = at::empty({B, H}, input.options());
       const unsigned blocks = pointwise_blocks(B * H);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
