@@ -270,14 +270,21 @@ __device__ void load_weight_slice(acc_t* ws, const scalar_t* w, int64_t H, int64
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void load_state_tile(acc_t* hs, const scalar_t* src, int64_t B,
                                                 int64_t H, int64_t b0, int bt, int ldk) {
-  // The planner keeps bt * H and B * H below 2^31: 32-bit index arithmetic.
+  // Row by row (no division per element); the loads of a row are independent, in flight together.
   const int h = static_cast<int>(H);
-  const int n = bt * h;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int r = i / h;
-    const int k = i - r * h;
+  for (int r = 0; r < bt; ++r) {
     const int64_t b = b0 + r;
-    hs[r * ldk + k] = b < B ? static_cast<acc_t>(load_cg(src + b * H + k)) : acc_t(0);
+    acc_t* dst = hs + r * ldk;
+    if (b < B) {
+      const scalar_t* row = src + b * H;
+      for (int k = threadIdx.x; k < h; k += blockDim.x) {
+        dst[k] = static_cast<acc_t>(load_cg(row + k));
+      }
+    } else {
+      for (int k = threadIdx.x; k < h; k += blockDim.x) {
+        dst[k] = acc_t(0);
+      }
+    }
   }
 }
 
@@ -371,12 +378,26 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t t = a.reverse ? T - 1 - s : s;
     const scalar_t* hcur = hbuf + (s & 1) * B * H;
     scalar_t* hnext = hbuf + ((s + 1) & 1) * B * H;
+    scalar_t* out_t = out + t * B * H;
+    // This thread's inputs from the projection, loaded now so that they arrive during the
+    // state tile's load and the dot products (they do not depend on the recurrence).
+    acc_t xp[RB][RJ];
+#pragma unroll
+    for (int r = 0; r < RB; ++r) {
+#pragma unroll
+      for (int c = 0; c < RJ; ++c) {
+        const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
+        const int64_t j = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
+        xp[r][c] = ((r * RJ + c) % a.ks == role.ks && b < B && j < H)
+                       ? static_cast<acc_t>(out_t[b * H + j])
+                       : acc_t(0);
+      }
+    }
     load_state_tile<scalar_t, acc_t>(hs, hcur, B, H, role.b0, bt, a.ldk);
     __syncthreads();  // also orders the weight slice's load before its first use
     acc_t acc[RB][RJ];
     tile_dot<acc_t, RB, RJ>(acc, hs, ws, H, role.ks, a.ks, role.gb, a.gb, role.gj, a.gj, a.ldk,
                             a.ldj);
-    scalar_t* out_t = out + t * B * H;
 #pragma unroll
     for (int r = 0; r < RB; ++r) {
 #pragma unroll
@@ -390,7 +411,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
           continue;
         }
         const int64_t i = b * H + j;
-        const acc_t y = activate<acc_t>(acc[r][c] + static_cast<acc_t>(out_t[i]), a.act);
+        const acc_t y = activate<acc_t>(acc[r][c] + xp[r][c], a.act);
         if (a.len == nullptr || t < a.len[b]) {
           const scalar_t ys = static_cast<scalar_t>(y);
           out_t[i] = ys;
