@@ -65,16 +65,17 @@ void preactivation_grad_step(scalar_t* ga_t, const scalar_t* gy_t, const scalar_
                          std::fill(ga_t + o, ga_t + o + H, scalar_t(0));
                          continue;
                        }
+                       // The activation is a constant in each loop (elman_math.h's formula,
+                       // shared with the CUDA kernels), so each loop vectorises.
                        if (act == Activation::Tanh) {
                          for (int64_t j = o; j < o + H; ++j) {
-                           const acc_t h = h_t[j];
-                           ga_t[j] = (acc_t(gy_t[j]) + acc_t(g[j])) * (acc_t(1) - h * h);
+                           ga_t[j] = preactivation_grad<acc_t>(acc_t(gy_t[j]), acc_t(g[j]),
+                                                               acc_t(h_t[j]), Activation::Tanh);
                          }
                        } else {
                          for (int64_t j = o; j < o + H; ++j) {
-                           ga_t[j] = acc_t(h_t[j]) > acc_t(0)
-                                         ? scalar_t(acc_t(gy_t[j]) + acc_t(g[j]))
-                                         : scalar_t(0);
+                           ga_t[j] = preactivation_grad<acc_t>(acc_t(gy_t[j]), acc_t(g[j]),
+                                                               acc_t(h_t[j]), Activation::Relu);
                          }
                        }
                      }
