@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import rnn_ext
 
 DEVICES = ["cpu"]
-if torch.cuda.is_available() and rnn_ext.has_cuda_kernels() and torch._C._dispatch_has_kernel_for_dispatch_key(
+if torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
     "rnn_ext::seq_nll_loss_forward", "CUDA"
 ):
     DEVICES.append(pytest.param("cuda", marks=pytest.mark.cuda))
@@ -352,7 +352,7 @@ def test_torch_compile_fullgraph_equals_eager(device):
         b = rnn_ext.seq_cross_entropy(x, target, reduction="none").sum()
         return a + b
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(step, fullgraph=True)
     x = torch.randn(T, B, C, device=device, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
     eager = step(x)
@@ -445,3 +445,53 @@ def test_device_mismatch_is_an_error():
     x = torch.randn(2, 3, 4)
     with pytest.raises(RuntimeError, match="device"):
         rnn_ext.seq_nll_loss(x, torch.zeros(3, 2, dtype=torch.long, device="cuda"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(0, 3, 4), (3, 0, 4)])
+def test_empty(device, kind, shape):
+    T, B, C = shape
+    x = torch.randn(T, B, C, device=device, requires_grad=True)
+    target = torch.zeros(B, T, dtype=torch.long, device=device)
+    assert math.isnan(fused(kind)(x, target).item())  # 0 / 0, as F.nll_loss on (0, C)
+    assert math.isnan(lesson_reference(kind, x, target).item())
+    total = fused(kind)(x, target, reduction="sum")
+    assert total.item() == 0
+    (g,) = torch.autograd.grad(total, x)
+    assert g.shape == x.shape
+    assert fused(kind)(x, target, reduction="none").shape == (B, T)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cross_entropy_float32_long_rows_accuracy(device):
+    # the float32 kernels' exp: compare with the float64 loss and gradient on long rows
+    T, B, C = 3, 4, 5000
+    x = torch.randn(T, B, C, dtype=torch.float64, device=device) * 5
+    target = random_target(B, T, C, device, p_ignore=0.0)
+    for reduction in REDUCTIONS:
+        compare("ce", x.float(), target, reduction=reduction, x_ref=x,
+                tol=dict(rtol=1e-5, atol=1e-6))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_double_backward_time_first_target(device, kind):
+    T, B, C = 3, 2, 4
+    x = torch.randn(T, B, C, dtype=torch.float64, device=device, requires_grad=True)
+    target = random_target(B, T, C, device, p_ignore=0.3, batch_first=False)
+
+    def fn(x):
+        lp = x.log_softmax(-1) if kind == "nll" else x
+        return fused(kind)(lp, target, reduction="none", target_batch_first=False)
+
+    assert torch.autograd.gradgradcheck(fn, (x,))
+    # and the second derivative is the reference's
+    (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad((g * g).sum(), x)
+    xr = x.detach().clone().requires_grad_()
+    ref_in = xr.log_softmax(-1) if kind == "nll" else xr
+    ref = lesson_reference(kind, ref_in, target, reduction="none", target_batch_first=False)
+    (gr,) = torch.autograd.grad(ref.sum(), xr, create_graph=True)
+    (ggr,) = torch.autograd.grad((gr * gr).sum(), xr)
+    torch.testing.assert_close(gg, ggr)
