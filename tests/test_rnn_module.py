@@ -685,6 +685,17 @@ def test_double_backward_gradgradcheck():
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_nn_rnn(dtype):
+    # cuDNN's float32 RNN uses TF32 tensor cores by default (torch.backends.cudnn.allow_tf32 is
+    # True): about 1e-3 relative error, far outside rtol=1e-5. Compare against IEEE float32.
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _check_cuda_matches_nn_rnn(dtype)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _check_cuda_matches_nn_rnn(dtype):
     torch.manual_seed(0)
     ref = nn.RNN(5, 16, num_layers=2, bidirectional=True, batch_first=True).to("cuda", dtype)
     ours = RNN.from_torch(copy.deepcopy(ref))
