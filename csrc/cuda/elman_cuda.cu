@@ -606,9 +606,11 @@ Plan make_plan(int64_t B, int64_t H, bool backward) {
           p.gj = gj;
           p.bt = gb * rb;
           p.jt = gj * rj;
-          // Skip tiles far larger than the problem (they only waste threads).
-          if (p.bt >= 4 * B && gb > 1) continue;
-          if (p.jt >= 4 * H && gj > 1) continue;
+          // Skip tiles far larger than the problem (they only waste threads), but never the
+          // smallest block tiles (ks = 32: 8 output groups): without them B = 1, H = 1 (and
+          // H = 1, B = 2) had no plan at all, and `require` blamed the shared memory.
+          if (ks < 32 && p.bt >= 4 * B && gb > 1) continue;
+          if (ks < 32 && p.jt >= 4 * H && gj > 1) continue;
           const int ldk_padded = pad_to_bank(H, ks % 32);
           const int ldj_padded = ks > 1 ? pad_to_bank(p.jt, 32 / ks) : p.jt;
           if (padded) {
