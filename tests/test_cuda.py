@@ -124,6 +124,7 @@ SHAPES = [
     (6, 1, 5, 33),  # B = 1, H not a multiple of 32
     (4, 5, 8, 70),
     (3, 2, 3, 300),  # K split over many lanes
+    (3, 1, 2, 1),  # B = 1, H = 1: only the smallest block tiles give a launch plan
 ]
 
 
