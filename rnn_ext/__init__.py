@@ -4,7 +4,9 @@ The operators live in ``torch.ops.rnn_ext``; :mod:`rnn_ext.ops` is their Python 
 """
 
 from .ops import elman_cell, elman_rnn, has_cuda_kernels
+from .rnn import RNN, RNNCell, convert_rnn
 
 __version__ = "0.1.0"
 
 __all__ = ["elman_rnn", "elman_cell", "has_cuda_kernels", "__version__"]
+__all__ += ["RNN", "RNNCell", "convert_rnn"]

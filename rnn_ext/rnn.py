@@ -1,0 +1,383 @@
+"""Drop-in replacements for :class:`torch.nn.RNN` and :class:`torch.nn.RNNCell` on the fused ops.
+
+:class:`RNN` and :class:`RNNCell` subclass the PyTorch modules, so they inherit the constructor
+(argument checks, parameter names, shapes, registration order, initialisation
+:math:`\\mathcal{U}(-1/\\sqrt{H}, 1/\\sqrt{H})`), ``repr``, ``state_dict``, ``flatten_parameters``
+and ``isinstance(m, torch.nn.RNN)``; only ``forward`` is replaced. Each layer and direction runs
+through one call of the fused :func:`rnn_ext.ops.elman_rnn` (the cell through
+:func:`rnn_ext.ops.elman_cell`). The semantics are those of the PyTorch documentation of
+``torch.nn.RNN`` / ``torch.nn.RNNCell``; the argument handling mirrors ``torch/nn/modules/rnn.py``.
+
+Weights are looked up by name (``getattr(module, name)``) at every forward, so weight tying,
+:mod:`torch.nn.utils.parametrize` and :func:`torch.func.functional_call` always see the current
+weights.
+
+:func:`convert_rnn` swaps every ``nn.RNN`` / ``nn.RNNCell`` inside a model for these modules,
+keeping the very same ``Parameter`` objects (so an optimizer built before the swap stays valid).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Type, TypeVar, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .ops import elman_cell, elman_rnn
+
+__all__ = ["RNN", "RNNCell", "convert_rnn"]
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion helpers
+
+
+def _retype(module: nn.Module, new_cls: Type[_M]) -> _M:
+    """A new module of class ``new_cls`` (or its parametrized twin) that shares ``module``'s
+    parameters, buffers, submodules, hooks and attributes (training mode, sizes, ...).
+
+    The containers (parameter/buffer/module dicts, hook dicts, weight-name lists) are shallow
+    copies, so the two modules are independent objects holding the same tensors."""
+    cls = type(module)
+    if parametrize.is_parametrized(module) and cls.__name__.startswith("Parametrized"):
+        # register_parametrization swapped the class for a generated subclass holding one
+        # property per parametrized tensor; build the same subclass over new_cls.
+        namespace = {
+            k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__", "__doc__")
+        }
+        new_cls = type(f"Parametrized{new_cls.__name__}", (new_cls,), namespace)
+    new = new_cls.__new__(new_cls)
+    state = {}
+    for key, value in module.__dict__.items():
+        if isinstance(value, (dict, list)):
+            value = type(value)(value) if not isinstance(value, list) else list(value)
+        state[key] = value
+    new.__dict__.update(state)
+    return new
+
+
+def _base_class(module: nn.Module) -> type:
+    """The class of ``module`` before any parametrization was registered on it."""
+    cls = type(module)
+    if parametrize.is_parametrized(module) and cls.__name__.startswith("Parametrized"):
+        return cls.__bases__[0]
+    return cls
+
+
+# ---------------------------------------------------------------------------------------------
+# RNN
+
+
+class RNN(nn.RNN):
+    r"""Multi-layer Elman RNN, a drop-in replacement for :class:`torch.nn.RNN` on fused kernels.
+
+    .. math:: h_t = \phi(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh}),\quad
+              \phi = \tanh \text{ or } \mathrm{relu}
+
+    (PyTorch documentation, ``torch.nn.RNN``). Constructor:
+    ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None)``, the same
+    arguments, checks, errors (ValueError / TypeError), parameters ``weight_ih_l{k}[_reverse]``
+    ``(H, I or D*H)``, ``weight_hh_l{k}[_reverse]`` ``(H, H)``, ``bias_ih_l{k}[_reverse]``,
+    ``bias_hh_l{k}[_reverse]`` ``(H,)``, initialisation and ``repr`` as ``nn.RNN`` (it is a
+    subclass). ``state_dict`` is interchangeable with ``nn.RNN``'s (``strict=True``).
+
+    Forward: ``forward(input, hx=None) -> (output, h_n)``.
+
+    - ``input``: ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``), ``(T, I)`` unbatched, or a
+      :class:`~torch.nn.utils.rnn.PackedSequence` (sorted or not); floating dtype equal to the
+      weights' (float32, float64; float16/bfloat16 where the kernels have them).
+    - ``hx``: ``(num_layers * D, B, H)`` (``(num_layers * D, H)`` unbatched), D = 2 if
+      bidirectional else 1; zeros when omitted. Same dtype and device as ``input``.
+    - ``output``: ``(T, B, D * H)`` (batch_first: ``(B, T, D * H)``; unbatched ``(T, D * H)``;
+      packed input gives a PackedSequence); ``h_n`` like ``hx``, ordered
+      ``[layer0 forward, layer0 backward, layer1 forward, ...]``.
+
+    With ``dropout > 0`` in training mode, dropout is applied to each layer's output except the
+    last (as ``nn.RNN``; the random masks differ from ``nn.RNN``'s).
+
+    Raises (the same exception types and messages as ``nn.RNN``):
+        ValueError: input of rank other than 2 or 3; input dtype unlike the weights'.
+        RuntimeError: ``input.size(-1) != input_size``; hx of the wrong rank or shape; hx of
+            another dtype or device than input; input on another device than the weights; a
+            sequence of length 0.
+
+    Gradients: through the fused backward operator (``rnn_ext::elman_backward``), exact.
+    """
+
+    def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
+        """``nn.RNN``'s input check (same messages), reading the current weight's dtype."""
+        weight = getattr(self, self._flat_weights_names[0])
+        if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
+                f"Convert input: input.to({weight.dtype}), or convert model: "
+                f"model.to({input.dtype})"
+            )
+        expected_input_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_input_dim:
+            raise RuntimeError(
+                f"input must have {expected_input_dim} dimensions, got {input.dim()}"
+            )
+        if self.input_size != input.size(-1):
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                f"got {input.size(-1)}"
+            )
+
+    def forward(self, input, hx: Optional[Tensor] = None):
+        """Run the RNN; see the class docstring for shapes, dtypes and errors."""
+        num_directions = 2 if self.bidirectional else 1
+        is_packed = isinstance(input, PackedSequence)
+        is_batched = True
+        batch_dim = 0 if self.batch_first else 1
+        if is_packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = int(batch_sizes[0])
+            x = data
+        else:
+            batch_sizes = sorted_indices = unsorted_indices = None
+            x = input
+            if x.dim() not in (2, 3):
+                raise ValueError(
+                    f"RNN: Expected input to be 2D or 3D, got {x.dim()}D tensor instead"
+                )
+            is_batched = x.dim() == 3
+            if not is_batched:
+                x = x.unsqueeze(batch_dim)
+                if hx is not None:
+                    if hx.dim() != 2:
+                        raise RuntimeError(
+                            "For unbatched 2-D input, hx should also be 2-D but got "
+                            f"{hx.dim()}-D tensor"
+                        )
+                    hx = hx.unsqueeze(1)
+            elif hx is not None and hx.dim() != 3:
+                raise RuntimeError(
+                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                )
+            max_batch_size = x.size(0) if self.batch_first else x.size(1)
+
+        if hx is None:
+            hx = torch.zeros(
+                self.num_layers * num_directions, max_batch_size, self.hidden_size,
+                dtype=x.dtype, device=x.device,
+            )
+        else:
+            # Each row of hx belongs to the sequence the caller passed at that position.
+            hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(x, hx, batch_sizes)
+        self._check_dtype_device(x, hx)
+
+        lengths = None
+        if is_packed:
+            # Packed (sorted) data -> padded (T, B, I) and per-sequence lengths.
+            x, lengths = pad_packed_sequence(PackedSequence(x, batch_sizes))
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        if x.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+        h_n = []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(num_directions):
+                suffix = "_reverse" if direction == 1 else ""
+                weight_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
+                weight_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
+                bias_ih = getattr(self, f"bias_ih_l{layer}{suffix}") if self.bias else None
+                bias_hh = getattr(self, f"bias_hh_l{layer}{suffix}") if self.bias else None
+                out, h_last = elman_rnn(
+                    layer_input, hx[layer * num_directions + direction], weight_ih, weight_hh,
+                    bias_ih, bias_hh, self.nonlinearity, direction == 1, lengths,
+                )
+                outputs.append(out)
+                h_n.append(h_last)
+            layer_output = outputs[0] if num_directions == 1 else torch.cat(outputs, 2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_output = F.dropout(layer_output, self.dropout, training=True)
+            layer_input = layer_output
+        output = layer_input
+        hidden = torch.stack(h_n)
+
+        if is_packed:
+            output = pack_padded_sequence(output, lengths).data
+            return (
+                PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                self.permute_hidden(hidden, unsorted_indices),
+            )
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = hidden.squeeze(1)
+        return output, hidden
+
+    def _check_dtype_device(self, input: Tensor, hx: Tensor) -> None:
+        if hx.device != input.device:
+            raise RuntimeError(
+                "Input and hidden tensors are not at the same device, found input tensor at "
+                f"{input.device} and hidden tensor at {hx.device}"
+            )
+        weight = getattr(self, self._flat_weights_names[0])
+        if weight.device != input.device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor at "
+                f"{input.device} and parameter tensor at {weight.device}"
+            )
+        if hx.dtype != input.dtype:
+            raise RuntimeError(
+                f"RNN hx dtype ({hx.dtype}) does not match input dtype ({input.dtype}). "
+                f"Convert hx: hx.to({input.dtype})"
+            )
+
+    @classmethod
+    def from_torch(cls, module: nn.RNN) -> "RNN":
+        """An :class:`RNN` sharing ``module``'s parameters (the same ``Parameter`` objects),
+        hooks, training mode, device and dtype; parametrizations are kept.
+
+        Raises TypeError if ``module`` is not a ``torch.nn.RNN``."""
+        if not isinstance(module, nn.RNN):
+            raise TypeError(f"from_torch expects a torch.nn.RNN, got {type(module).__name__}")
+        return _retype(module, cls)
+
+    def to_torch(self) -> nn.RNN:
+        """A plain :class:`torch.nn.RNN` sharing this module's parameters, hooks and mode."""
+        return _retype(self, nn.RNN)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNNCell
+
+
+class RNNCell(nn.RNNCell):
+    r"""Elman RNN cell, a drop-in replacement for :class:`torch.nn.RNNCell` on the fused cell op.
+
+    .. math:: h' = \phi(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})
+
+    (PyTorch documentation, ``torch.nn.RNNCell``). Constructor
+    ``RNNCell(input_size, hidden_size, bias=True, nonlinearity='tanh', device=None, dtype=None)``
+    with the parameters, initialisation, ``repr`` and ``state_dict`` of ``nn.RNNCell`` (a
+    subclass).
+
+    Forward: ``forward(input, hx=None) -> h'``. input ``(B, I)`` or ``(I,)``; hx ``(B, H)`` or
+    ``(H,)`` (zeros when omitted), the same floating dtype and device as input and weights;
+    h' ``(B, H)`` or ``(H,)``.
+
+    Raises (the same types and messages as ``nn.RNNCell``):
+        ValueError: input or hx of rank other than 1 or 2.
+        RuntimeError: input of the wrong width, hx of the wrong batch or width, an unknown
+            nonlinearity, dtype or device mismatches.
+    """
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """One step; see the class docstring for shapes, dtypes and errors."""
+        if input.dim() not in (1, 2):
+            raise ValueError(
+                f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead"
+            )
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(
+                input.size(0), self.hidden_size, dtype=input.dtype, device=input.device
+            )
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        # The checks of ATen's check_rnn_cell_forward_input / _hidden (same messages).
+        if input.size(1) != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {input.size(1)} expected "
+                f"{self.input_size}"
+            )
+        if input.size(0) != hx.size(0):
+            raise RuntimeError(
+                f"Input batch size {input.size(0)} doesn't match hidden0 batch size {hx.size(0)}"
+            )
+        if hx.size(1) != self.hidden_size:
+            raise RuntimeError(
+                f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected "
+                f"{self.hidden_size}"
+            )
+        weight_ih = self.weight_ih
+        if input.dtype != weight_ih.dtype or hx.dtype != weight_ih.dtype:
+            raise RuntimeError(
+                f"RNNCell input dtype ({input.dtype}) and hx dtype ({hx.dtype}) must both "
+                f"match the weight dtype ({weight_ih.dtype})"
+            )
+        if input.device != hx.device or input.device != weight_ih.device:
+            raise RuntimeError(
+                "Expected all tensors to be on the same device, found input at "
+                f"{input.device}, hx at {hx.device} and weights at {weight_ih.device}"
+            )
+        ret = elman_cell(
+            input, hx, weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
+        )
+        if not is_batched:
+            ret = ret.squeeze(0)
+        return ret
+
+    @classmethod
+    def from_torch(cls, module: nn.RNNCell) -> "RNNCell":
+        """An :class:`RNNCell` sharing ``module``'s parameters (the same ``Parameter`` objects),
+        hooks, training mode, device and dtype. Raises TypeError for a non-``nn.RNNCell``."""
+        if not isinstance(module, nn.RNNCell):
+            raise TypeError(
+                f"from_torch expects a torch.nn.RNNCell, got {type(module).__name__}"
+            )
+        return _retype(module, cls)
+
+    def to_torch(self) -> nn.RNNCell:
+        """A plain :class:`torch.nn.RNNCell` sharing this module's parameters, hooks and mode."""
+        return _retype(self, nn.RNNCell)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-model conversion
+
+
+def _convert_one(module: nn.Module) -> Optional[nn.Module]:
+    base = _base_class(module)
+    if base is nn.RNN:
+        return RNN.from_torch(module)
+    if base is nn.RNNCell:
+        return RNNCell.from_torch(module)
+    return None
+
+
+def convert_rnn(model: nn.Module) -> nn.Module:
+    """Swap, in place, every ``torch.nn.RNN`` and ``torch.nn.RNNCell`` inside ``model`` (at any
+    depth) for :class:`RNN` / :class:`RNNCell`, and return ``model``.
+
+    Only modules of exactly those classes (parametrized or not) are swapped: subclasses, which
+    may override ``forward``, and modules that already are rnn_ext's are left alone. The new
+    modules hold the same ``Parameter`` objects (an optimizer made before stays valid), the same
+    device, dtype, training mode and hooks; a module reachable under several names is swapped
+    for one shared new module. If ``model`` itself is an ``nn.RNN`` / ``nn.RNNCell`` the
+    converted module is returned (``model`` is left unchanged).
+    """
+    converted = _convert_one(model)
+    if converted is not None:
+        return converted
+    memo = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if id(child) not in memo:
+                memo[id(child)] = _convert_one(child)
+            new = memo[id(child)]
+            if new is not None:
+                parent._modules[name] = new
+    return model
