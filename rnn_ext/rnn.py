@@ -1,9 +1,10 @@
 """Drop-in replacements for :class:`torch.nn.RNN` and :class:`torch.nn.RNNCell` on the fused ops.
 
-:class:`RNN` and :class:`RNNCell` subclass the PyTorch modules, so they inherit the constructor
-(argument checks, parameter names, shapes, registration order, initialisation
-:math:`\\mathcal{U}(-1/\\sqrt{H}, 1/\\sqrt{H})`), ``repr``, ``state_dict``, ``flatten_parameters``
-and ``isinstance(m, torch.nn.RNN)``; only ``forward`` is replaced. Each layer and direction runs
+:class:`RNN` subclasses ``torch.nn.RNNBase`` (the base of ``nn.RNN``; not ``nn.RNN`` itself, which
+``torch.compile`` refuses to trace) and :class:`RNNCell` subclasses ``torch.nn.RNNCell``, so they
+inherit the constructor checks, parameter names, shapes, registration order, initialisation
+:math:`\\mathcal{U}(-1/\\sqrt{H}, 1/\\sqrt{H})`, ``repr``, ``state_dict`` and
+``flatten_parameters``; ``forward`` is replaced. Each layer and direction runs
 through one call of the fused :func:`rnn_ext.ops.elman_rnn` (the cell through
 :func:`rnn_ext.ops.elman_cell`). The semantics are those of the PyTorch documentation of
 ``torch.nn.RNN`` / ``torch.nn.RNNCell``; the argument handling mirrors ``torch/nn/modules/rnn.py``.
@@ -18,7 +19,7 @@ keeping the very same ``Parameter`` objects (so an optimizer built before the sw
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Type, TypeVar, Union
+from typing import Optional, Type, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -69,11 +70,30 @@ def _base_class(module: nn.Module) -> type:
     return cls
 
 
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast runs ``nn.RNN``'s kernels in on ``device_type`` (they are on its
+    lower-precision list), or None when autocast is off there."""
+    if not torch._C._is_any_autocast_enabled():
+        return None
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta, ...)
+        return None
+    return torch.get_autocast_dtype(device_type) if enabled else None
+
+
+def _autocast(t: Optional[Tensor], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
+    """Cast like autocast does: floating tensors other than float64 go to ``dtype``."""
+    if dtype is None or t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # RNN
 
 
-class RNN(nn.RNN):
+class RNN(nn.RNNBase):
     r"""Multi-layer Elman RNN, a drop-in replacement for :class:`torch.nn.RNN` on fused kernels.
 
     .. math:: h_t = \phi(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh}),\quad
@@ -84,8 +104,8 @@ class RNN(nn.RNN):
     batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None)``, the same
     arguments, checks, errors (ValueError / TypeError), parameters ``weight_ih_l{k}[_reverse]``
     ``(H, I or D*H)``, ``weight_hh_l{k}[_reverse]`` ``(H, H)``, ``bias_ih_l{k}[_reverse]``,
-    ``bias_hh_l{k}[_reverse]`` ``(H,)``, initialisation and ``repr`` as ``nn.RNN`` (it is a
-    subclass). ``state_dict`` is interchangeable with ``nn.RNN``'s (``strict=True``).
+    ``bias_hh_l{k}[_reverse]`` ``(H,)``, initialisation and ``repr`` as ``nn.RNN`` (inherited from
+    ``nn.RNNBase``). ``state_dict`` is interchangeable with ``nn.RNN``'s (``strict=True``).
 
     Forward: ``forward(input, hx=None) -> (output, h_n)``.
 
@@ -99,7 +119,8 @@ class RNN(nn.RNN):
       ``[layer0 forward, layer0 backward, layer1 forward, ...]``.
 
     With ``dropout > 0`` in training mode, dropout is applied to each layer's output except the
-    last (as ``nn.RNN``; the random masks differ from ``nn.RNN``'s).
+    last (as ``nn.RNN``; the random masks differ from ``nn.RNN``'s). Under autocast, input, hx
+    and weights are cast to the autocast dtype (float64 ones are left alone), as ``nn.RNN``.
 
     Raises (the same exception types and messages as ``nn.RNN``):
         ValueError: input of rank other than 2 or 3; input dtype unlike the weights'.
@@ -108,7 +129,42 @@ class RNN(nn.RNN):
             sequence of length 0.
 
     Gradients: through the fused backward operator (``rnn_ext::elman_backward``), exact.
+
+    It subclasses ``nn.RNNBase`` rather than ``nn.RNN`` because ``torch.compile`` (Dynamo)
+    refuses to trace any instance of ``nn.RNN`` (graph break, and an error under
+    ``fullgraph=True``); ``isinstance(m, torch.nn.RNNBase)`` holds, ``isinstance(m, nn.RNN)`` not.
     """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ) -> None:
+        # nn.RNN's own checks, in its order and with its messages.
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        self.nonlinearity = nonlinearity
+        if nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(
+                f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
+            )
+        super().__init__(
+            mode, input_size, hidden_size, num_layers, bias, batch_first,
+            dropout, bidirectional, device=device, dtype=dtype, **kwargs,
+        )
 
     def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
         """``nn.RNN``'s input check (same messages), reading the current weight's dtype."""
@@ -172,6 +228,8 @@ class RNN(nn.RNN):
             # Each row of hx belongs to the sequence the caller passed at that position.
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(x, hx, batch_sizes)
+        cast = _autocast_dtype(x.device.type)
+        x, hx = _autocast(x, cast), _autocast(hx, cast)
         self._check_dtype_device(x, hx)
 
         lengths = None
@@ -189,10 +247,12 @@ class RNN(nn.RNN):
             outputs = []
             for direction in range(num_directions):
                 suffix = "_reverse" if direction == 1 else ""
-                weight_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
-                weight_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
-                bias_ih = getattr(self, f"bias_ih_l{layer}{suffix}") if self.bias else None
-                bias_hh = getattr(self, f"bias_hh_l{layer}{suffix}") if self.bias else None
+                weight_ih = _autocast(getattr(self, f"weight_ih_l{layer}{suffix}"), cast)
+                weight_hh = _autocast(getattr(self, f"weight_hh_l{layer}{suffix}"), cast)
+                bias_ih = _autocast(getattr(self, f"bias_ih_l{layer}{suffix}"), cast) \
+                    if self.bias else None
+                bias_hh = _autocast(getattr(self, f"bias_hh_l{layer}{suffix}"), cast) \
+                    if self.bias else None
                 out, h_last = elman_rnn(
                     layer_input, hx[layer * num_directions + direction], weight_ih, weight_hh,
                     bias_ih, bias_hh, self.nonlinearity, direction == 1, lengths,
@@ -242,8 +302,8 @@ class RNN(nn.RNN):
         """An :class:`RNN` sharing ``module``'s parameters (the same ``Parameter`` objects),
         hooks, training mode, device and dtype; parametrizations are kept.
 
-        Raises TypeError if ``module`` is not a ``torch.nn.RNN``."""
-        if not isinstance(module, nn.RNN):
+        Raises TypeError if ``module`` is not a ``torch.nn.RNN`` (or an :class:`RNN`)."""
+        if not isinstance(module, (nn.RNN, RNN)):
             raise TypeError(f"from_torch expects a torch.nn.RNN, got {type(module).__name__}")
         return _retype(module, cls)
 
@@ -268,7 +328,7 @@ class RNNCell(nn.RNNCell):
 
     Forward: ``forward(input, hx=None) -> h'``. input ``(B, I)`` or ``(I,)``; hx ``(B, H)`` or
     ``(H,)`` (zeros when omitted), the same floating dtype and device as input and weights;
-    h' ``(B, H)`` or ``(H,)``.
+    h' ``(B, H)`` or ``(H,)``. Under autocast, computed in the autocast dtype, as ``nn.RNNCell``.
 
     Raises (the same types and messages as ``nn.RNNCell``):
         ValueError: input or hx of rank other than 1 or 2.
@@ -310,7 +370,10 @@ class RNNCell(nn.RNNCell):
                 f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected "
                 f"{self.hidden_size}"
             )
-        weight_ih = self.weight_ih
+        cast = _autocast_dtype(input.device.type)
+        input, hx = _autocast(input, cast), _autocast(hx, cast)
+        weight_ih, weight_hh = _autocast(self.weight_ih, cast), _autocast(self.weight_hh, cast)
+        bias_ih, bias_hh = _autocast(self.bias_ih, cast), _autocast(self.bias_hh, cast)
         if input.dtype != weight_ih.dtype or hx.dtype != weight_ih.dtype:
             raise RuntimeError(
                 f"RNNCell input dtype ({input.dtype}) and hx dtype ({hx.dtype}) must both "
@@ -321,9 +384,7 @@ class RNNCell(nn.RNNCell):
                 "Expected all tensors to be on the same device, found input at "
                 f"{input.device}, hx at {hx.device} and weights at {weight_ih.device}"
             )
-        ret = elman_cell(
-            input, hx, weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
-        )
+        ret = elman_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, self.nonlinearity)
         if not is_batched:
             ret = ret.squeeze(0)
         return ret
