@@ -1,0 +1,571 @@
+// CPU kernels of the sequence losses: seq_nll_loss_forward / _backward and
+// seq_cross_entropy_forward / _backward (schemas in csrc/rnn_ext.cpp, math in seq_nll_math.h).
+//
+// A row is one (t, b): rows are numbered r = t * B + b, the order of the lesson's
+// `inp.view(-1, C)`. The target is read through its own strides, (B, T) or (T, B), so no
+// transposed copy is made; the input is read through its strides too (the cross-entropy kernels
+// need a unit stride along C, and copy the input only when it lacks one).
+//
+//   NLL forward      one gather per row; loss per row (none) or partial sums (mean / sum).
+//   NLL backward     one pass writing each row of the gradient: zeros and the one nonzero.
+//   CE forward       per row: max, sum of exp(x - max), lse = max + log(sum), loss; lse saved.
+//   CE backward      per row: grad = c * (onehot - exp(x - lse)), from logits and lse only.
+// Rows run in parallel (at::parallel_for) in blocks of a fixed size; the partial sums of the
+// blocks are added in block order, so the result does not depend on the number of threads.
+// Sums accumulate in double. float16 / bfloat16 rows are computed in float.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "seq_nll.h"
+
+// The float row loops are compiled for several instruction sets and picked at load time
+// (GCC / Clang function multi-versioning), so that a portable build still uses AVX2 / AVX-512.
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define RNN_EXT_ROW_CLONES \
+  __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef RNN_EXT_ROW_CLONES
+#define RNN_EXT_ROW_CLONES
+#endif
+
+namespace rnn_ext {
+namespace {
+
+// About this many elements per parallel task.
+constexpr int64_t kGrain = 1 << 15;
+
+int64_t rows_per_block(int64_t elements_per_row) {
+  return std::max<int64_t>(1, kGrain / std::max<int64_t>(elements_per_row, 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row math for float: exp by range reduction and a polynomial, written so that the compiler
+// vectorises the loops (std::exp is a library call it cannot vectorise without -ffast-math).
+
+// exp(x) for the x <= 0 this file needs (x - max, x - lse): relative error about 2e-7
+// (2^n * Taylor of degree 7 on |r| <= ln2/2); 0 below -87 (true value < 1.7e-38); NaN stays NaN.
+// Always inlined: the multi-versioned row functions below must inline it to vectorise it.
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+inline float exp_nonpositive(float x) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693145751953125f;  // ln 2 = kLn2Hi + kLn2Lo, kLn2Hi exact in float
+  constexpr float kLn2Lo = 1.42860682030941723212e-6f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds
+  float xc = x < -87.0f ? -87.0f : x;
+  xc = xc > 88.0f ? 88.0f : xc;
+  xc = xc == xc ? xc : 0.0f;  // NaN -> 0 here, restored below
+  const float n = (xc * kLog2e + kRound) - kRound;
+  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  // 2^n from its bits (memcpy, a builtin: inlined into every multi-versioned caller)
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const float e = p * scale;
+  return x < -87.0f ? 0.0f : (x == x ? e : x);
+}
+
+// The float rows are walked in blocks of kLanes with fixed-size inner loops (which the compiler
+// turns into vector instructions); the last, partial block is padded into a local block, so no
+// element goes through a scalar loop. Lanes are added at the end.
+constexpr int64_t kLanes = 16;
+
+// log-sum-exp of one contiguous row of C >= 1 floats.
+RNN_EXT_ROW_CLONES float row_logsumexp(const float* x, int64_t C) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const int64_t full = C / kLanes * kLanes;
+  float tail[kLanes];
+  for (int64_t k = 0; k < kLanes; ++k) {
+    tail[k] = full + k < C ? x[full + k] : kNegInf;
+  }
+  float mv[kLanes];
+  for (int64_t k = 0; k < kLanes; ++k) {
+    mv[k] = tail[k];
+  }
+  for (int64_t i = 0; i < full; i += kLanes) {
+#pragma omp simd
+    for (int64_t k = 0; k < kLanes; ++k) {
+      mv[k] = x[i + k] > mv[k] ? x[i + k] : mv[k];
+    }
+  }
+  float m = kNegInf;
+  for (int64_t k = 0; k < kLanes; ++k) {
+    m = mv[k] > m ? mv[k] : m;
+  }
+  if (std::isinf(m)) {
+    // All -inf (lse -inf, loss NaN or inf as in PyTorch) or a +inf (NaN): leave it to libm.
+    double s = 0;
+    for (int64_t i = 0; i < C; ++i) {
+      s += std::exp(static_cast<double>(x[i]) - m);
+    }
+    return static_cast<float>(m + std::log(s));
+  }
+  float sv[kLanes];
+#pragma omp simd
+  for (int64_t k = 0; k < kLanes; ++k) {
+    sv[k] = exp_nonpositive(tail[k] - m);
+  }
+  for (int64_t i = 0; i < full; i += kLanes) {
+#pragma omp simd
+    for (int64_t k = 0; k < kLanes; ++k) {
+      sv[k] += exp_nonpositive(x[i + k] - m);
+    }
+  }
+  float s = 0;
+  for (int64_t k = 0; k < kLanes; ++k) {
+    s += sv[k];
+  }
+  return m + std::log(s);
+}
+
+// grad[i] = c * ([i == y] - exp(x[i] - lse)) for one contiguous row.
+RNN_EXT_ROW_CLONES void row_ce_grad(float* g, const float* x, int64_t C, float lse, float c,
+                                    int64_t y) {
+  const float minus_c = -c;
+  const int64_t full = C / kLanes * kLanes;
+  for (int64_t i = 0; i < full; i += kLanes) {
+#pragma omp simd
+    for (int64_t k = 0; k < kLanes; ++k) {
+      g[i + k] = minus_c * exp_nonpositive(x[i + k] - lse);
+    }
+  }
+  if (full < C) {
+    float tail[kLanes];
+    for (int64_t k = 0; k < kLanes; ++k) {
+      tail[k] = full + k < C ? x[full + k] : lse;
+    }
+#pragma omp simd
+    for (int64_t k = 0; k < kLanes; ++k) {
+      tail[k] = minus_c * exp_nonpositive(tail[k] - lse);
+    }
+    for (int64_t k = 0; full + k < C; ++k) {
+      g[full + k] = tail[k];
+    }
+  }
+  g[y] = seq_ce_grad(exp_nonpositive(x[y] - lse), true, c);
+}
+
+// The same in double, with libm's exp.
+double row_logsumexp(const double* x, int64_t C) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < C; ++i) {
+    m = x[i] > m ? x[i] : m;
+  }
+  double s = 0;
+  for (int64_t i = 0; i < C; ++i) {
+    s += std::exp(x[i] - m);
+  }
+  return m + std::log(s);
+}
+
+void row_ce_grad(double* g, const double* x, int64_t C, double lse, double c, int64_t y) {
+  for (int64_t i = 0; i < C; ++i) {
+    g[i] = seq_ce_grad(std::exp(x[i] - lse), i == y, c);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What every kernel shares: the target of each row, its weight, and the out-of-range check.
+
+template <typename scalar_t, typename index_t>
+struct RowTargets {
+  using acc_t = at::opmath_type<scalar_t>;
+  const index_t* target;
+  const scalar_t* weight;  // nullptr: every weight is 1
+  int64_t weight_stride;
+  int64_t ignore_index;
+  SeqLossSizes s;
+
+  int64_t y(int64_t t, int64_t b) const {
+    return static_cast<int64_t>(
+        target[seq_target_offset(t, b, s.target_stride_t, s.target_stride_b)]);
+  }
+  bool ignored(int64_t y) const { return y == ignore_index; }
+  acc_t w(int64_t y) const {
+    return weight == nullptr ? acc_t(1) : acc_t(weight[y * weight_stride]);
+  }
+};
+
+template <typename scalar_t, typename index_t>
+RowTargets<scalar_t, index_t> row_targets(const at::Tensor& target,
+                                          const std::optional<at::Tensor>& weight,
+                                          int64_t ignore_index, const SeqLossSizes& s) {
+  const bool has_w = weight.has_value() && weight->defined();
+  return {target.const_data_ptr<index_t>(),
+          has_w ? weight->const_data_ptr<scalar_t>() : nullptr, has_w ? weight->stride(0) : 0,
+          ignore_index, s};
+}
+
+// Records the smallest row whose target is out of range, from any thread.
+struct BadRow {
+  std::atomic<int64_t> row{std::numeric_limits<int64_t>::max()};
+  void record(int64_t r) {
+    int64_t cur = row.load();
+    while (r < cur && !row.compare_exchange_weak(cur, r)) {
+    }
+  }
+  template <typename RT>
+  void raise_if_any(const char* op, const RT& rt, bool target_batch_first) const {
+    const int64_t r = row.load();
+    if (r != std::numeric_limits<int64_t>::max()) {
+      const int64_t t = r / rt.s.B, b = r % rt.s.B;
+      throw_seq_target_out_of_range(op, rt.y(t, b), rt.s.C, rt.ignore_index, t, b,
+                                    target_batch_first);
+    }
+  }
+};
+
+// Runs row_fn(t, b, r) -> (loss, weight) over all rows, in fixed blocks, in parallel; writes the
+// per-row loss at the target's position (reduction none) or returns the sums of loss and weight
+// (always the weight sum: total_weight). row_fn returns weight 0 for ignored rows.
+template <typename scalar_t, typename RowFn>
+std::pair<double, double> for_each_row(const SeqLossSizes& s, int64_t elements_per_row,
+                                       bool target_batch_first, Reduction reduction,
+                                       scalar_t* loss_none, const RowFn& row_fn) {
+  const int64_t rows = s.T * s.B;
+  const int64_t block = rows_per_block(elements_per_row);
+  const int64_t n_blocks = (rows + block - 1) / block;
+  std::vector<double> loss_sum(n_blocks, 0.0), weight_sum(n_blocks, 0.0);
+  at::parallel_for(0, n_blocks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      double ls = 0, ws = 0;
+      const int64_t r1 = std::min(rows, (k + 1) * block);
+      for (int64_t r = k * block; r < r1; ++r) {
+        const int64_t t = r / s.B, b = r % s.B;
+        const auto [loss, w] = row_fn(t, b, r);
+        if (reduction == Reduction::None) {
+          loss_none[target_batch_first ? b * s.T + t : r] = static_cast<scalar_t>(loss);
+        } else {
+          ls += static_cast<double>(loss);
+        }
+        ws += static_cast<double>(w);
+      }
+      loss_sum[k] = ls;
+      weight_sum[k] = ws;
+    }
+  });
+  double ls = 0, ws = 0;
+  for (int64_t k = 0; k < n_blocks; ++k) {
+    ls += loss_sum[k];
+    ws += weight_sum[k];
+  }
+  return {ls, ws};
+}
+
+// The loss and total_weight outputs, filled from the sums for mean / sum.
+std::tuple<at::Tensor, at::Tensor> make_outputs(const at::Tensor& input, const SeqLossSizes& s,
+                                                Reduction reduction, bool target_batch_first) {
+  auto loss = reduction == Reduction::None
+                  ? at::empty(seq_target_shape(s, target_batch_first), input.options())
+                  : at::empty({}, input.options());
+  auto total_weight =
+      at::empty({}, input.options().dtype(seq_loss_stat_dtype(input.scalar_type())));
+  return {loss, total_weight};
+}
+
+void finish_outputs(at::Tensor& loss, at::Tensor& total_weight, Reduction reduction,
+                    double loss_sum, double weight_sum) {
+  total_weight.fill_(weight_sum);
+  if (reduction == Reduction::Sum) {
+    loss.fill_(loss_sum);
+  } else if (reduction == Reduction::Mean) {
+    loss.fill_(loss_sum / weight_sum);  // 0 / 0 = NaN when every target is ignored, as PyTorch
+  }
+}
+
+#define RNN_EXT_DISPATCH_TARGET(target, NAME, ...)                          \
+  [&] {                                                                    \
+    if ((target).scalar_type() == at::kByte) {                             \
+      using index_t = uint8_t;                                             \
+      return __VA_ARGS__();                                                \
+    }                                                                      \
+    using index_t = int64_t;                                               \
+    return __VA_ARGS__();                                                  \
+  }()
+
+// ---------------------------------------------------------------------------------------------
+// NLL
+
+std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_cpu(
+    const at::Tensor& log_probs, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t ignore_index, c10::string_view reduction_str, bool target_batch_first) {
+  const char* op = "rnn_ext::seq_nll_loss_forward";
+  const Reduction reduction = parse_reduction(reduction_str, op);
+  const SeqLossSizes s =
+      check_seq_loss_args(op, "log_probs", log_probs, target, weight, target_batch_first);
+  auto [loss, total_weight] = make_outputs(log_probs, s, reduction, target_batch_first);
+  std::pair<double, double> sums{0.0, 0.0};
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, log_probs.scalar_type(), "seq_nll_loss_forward_cpu", [&] {
+        RNN_EXT_DISPATCH_TARGET(target, "seq_nll_loss_forward_cpu", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          const auto rt = row_targets<scalar_t, index_t>(target, weight, ignore_index, s);
+          const scalar_t* lp = log_probs.const_data_ptr<scalar_t>();
+          const int64_t st = log_probs.stride(0), sb = log_probs.stride(1),
+                        sc = log_probs.stride(2);
+          BadRow bad;
+          sums = for_each_row<scalar_t>(
+              s, 1, target_batch_first, reduction,
+              reduction == Reduction::None ? loss.mutable_data_ptr<scalar_t>() : nullptr,
+              [&](int64_t t, int64_t b, int64_t r) -> std::pair<acc_t, acc_t> {
+                const int64_t y = rt.y(t, b);
+                if (rt.ignored(y)) {
+                  return {acc_t(0), acc_t(0)};
+                }
+                if (!seq_target_in_range(y, s.C)) {
+                  bad.record(r);
+                  return {acc_t(0), acc_t(0)};
+                }
+                const acc_t w = rt.w(y);
+                return {seq_nll_row_loss(acc_t(lp[t * st + b * sb + y * sc]), w), w};
+              });
+          bad.raise_if_any(op, rt, target_batch_first);
+        });
+      });
+  finish_outputs(loss, total_weight, reduction, sums.first, sums.second);
+  return {loss, total_weight};
+}
+
+// The backward's per-row factor s (seq_loss_grad_scale), reading grad_loss through its strides.
+template <typename scalar_t>
+struct GradScale {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* g;
+  int64_t stride_t, stride_b;
+  acc_t total_weight;
+  Reduction reduction;
+  acc_t operator()(int64_t t, int64_t b) const {
+    const acc_t gv = reduction == Reduction::None ? acc_t(g[t * stride_t + b * stride_b])
+                                                  : acc_t(g[0]);
+    return seq_loss_grad_scale(gv, total_weight, reduction);
+  }
+};
+
+template <typename scalar_t>
+GradScale<scalar_t> grad_scale(const at::Tensor& grad_loss, const at::Tensor& total_weight,
+                               Reduction reduction, bool target_batch_first) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const bool none = reduction == Reduction::None;
+  return {grad_loss.const_data_ptr<scalar_t>(),
+          none ? grad_loss.stride(target_batch_first ? 1 : 0) : 0,
+          none ? grad_loss.stride(target_batch_first ? 0 : 1) : 0,
+          static_cast<acc_t>(total_weight.item<double>()), reduction};
+}
+
+at::Tensor seq_nll_loss_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& log_probs, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, int64_t ignore_index, c10::string_view reduction_str,
+    bool target_batch_first, const at::Tensor& total_weight) {
+  const char* op = "rnn_ext::seq_nll_loss_backward";
+  const Reduction reduction = parse_reduction(reduction_str, op);
+  const SeqLossSizes s =
+      check_seq_loss_args(op, "log_probs", log_probs, target, weight, target_batch_first);
+  check_seq_loss_backward_args(op, s, log_probs, grad_loss, reduction, target_batch_first,
+                               total_weight, nullptr);
+  auto grad = at::empty({s.T, s.B, s.C}, log_probs.options());
+  if (grad.numel() == 0) {
+    return grad;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, log_probs.scalar_type(), "seq_nll_loss_backward_cpu", [&] {
+        RNN_EXT_DISPATCH_TARGET(target, "seq_nll_loss_backward_cpu", [&] {
+          const auto rt = row_targets<scalar_t, index_t>(target, weight, ignore_index, s);
+          const auto gs = grad_scale<scalar_t>(grad_loss, total_weight, reduction,
+                                               target_batch_first);
+          scalar_t* g = grad.mutable_data_ptr<scalar_t>();
+          BadRow bad;
+          at::parallel_for(0, s.T * s.B, rows_per_block(s.C), [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+              const int64_t t = r / s.B, b = r % s.B;
+              scalar_t* row = g + r * s.C;
+              std::fill(row, row + s.C, scalar_t(0));
+              const int64_t y = rt.y(t, b);
+              if (rt.ignored(y)) {
+                continue;
+              }
+              if (!seq_target_in_range(y, s.C)) {
+                bad.record(r);
+                continue;
+              }
+              row[y] = static_cast<scalar_t>(rt.w(y) * gs(t, b));
+            }
+          });
+          bad.raise_if_any(op, rt, target_batch_first);
+        });
+      });
+  return grad;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy
+
+// The logits with a unit stride along C (a copy only when they lack one).
+at::Tensor rows_contiguous(const at::Tensor& logits) {
+  return (logits.size(2) <= 1 || logits.stride(2) == 1) ? logits : logits.contiguous();
+}
+
+// A row of any dtype as contiguous acc_t (float for half / bfloat16): a pointer into the row
+// itself when it already is acc_t, else a conversion into `buf`.
+template <typename scalar_t, typename acc_t>
+const acc_t* row_as_acc(const scalar_t* x, int64_t C, std::vector<acc_t>& buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return x;
+  } else {
+    buf.resize(C);
+    for (int64_t i = 0; i < C; ++i) {
+      buf[i] = static_cast<acc_t>(x[i]);
+    }
+    return buf.data();
+  }
+}
+
+// row_ce_grad into a row of any dtype (through `buf` when it is not acc_t).
+template <typename scalar_t, typename acc_t>
+void row_ce_grad_any(scalar_t* g, const acc_t* x, int64_t C, acc_t lse, acc_t c, int64_t y,
+                     std::vector<acc_t>& buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    row_ce_grad(g, x, C, lse, c, y);
+  } else {
+    buf.resize(C);
+    row_ce_grad(buf.data(), x, C, lse, c, y);
+    for (int64_t i = 0; i < C; ++i) {
+      g[i] = static_cast<scalar_t>(buf[i]);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
+    const at::Tensor& logits_in, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t ignore_index, c10::string_view reduction_str, bool target_batch_first) {
+  const char* op = "rnn_ext::seq_cross_entropy_forward";
+  const Reduction reduction = parse_reduction(reduction_str, op);
+  const SeqLossSizes s =
+      check_seq_loss_args(op, "logits", logits_in, target, weight, target_batch_first);
+  auto [loss, total_weight] = make_outputs(logits_in, s, reduction, target_batch_first);
+  auto lse = at::empty({s.T, s.B}, total_weight.options());
+  const at::Tensor logits = rows_contiguous(logits_in);
+  std::pair<double, double> sums{0.0, 0.0};
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, logits.scalar_type(), "seq_cross_entropy_forward_cpu", [&] {
+        RNN_EXT_DISPATCH_TARGET(target, "seq_cross_entropy_forward_cpu", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          const auto rt = row_targets<scalar_t, index_t>(target, weight, ignore_index, s);
+          const scalar_t* x = logits.const_data_ptr<scalar_t>();
+          const int64_t st = logits.stride(0), sb = logits.stride(1);
+          acc_t* lse_p = lse.mutable_data_ptr<acc_t>();
+          BadRow bad;
+          sums = for_each_row<scalar_t>(
+              s, s.C, target_batch_first, reduction,
+              reduction == Reduction::None ? loss.mutable_data_ptr<scalar_t>() : nullptr,
+              [&](int64_t t, int64_t b, int64_t r) -> std::pair<acc_t, acc_t> {
+                thread_local std::vector<acc_t> buf;
+                const scalar_t* row = x + t * st + b * sb;
+                acc_t l = s.C > 0 ? row_logsumexp(row_as_acc<scalar_t, acc_t>(row, s.C, buf), s.C)
+                                  : -std::numeric_limits<acc_t>::infinity();
+                lse_p[r] = l;
+                const int64_t y = rt.y(t, b);
+                if (rt.ignored(y)) {
+                  return {acc_t(0), acc_t(0)};
+                }
+                if (!seq_target_in_range(y, s.C)) {
+                  bad.record(r);
+                  return {acc_t(0), acc_t(0)};
+                }
+                const acc_t w = rt.w(y);
+                return {seq_ce_row_loss(l, acc_t(row[y]), w), w};
+              });
+          bad.raise_if_any(op, rt, target_batch_first);
+        });
+      });
+  finish_outputs(loss, total_weight, reduction, sums.first, sums.second);
+  return {loss, lse, total_weight};
+}
+
+at::Tensor seq_cross_entropy_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& logits_in, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, int64_t ignore_index, c10::string_view reduction_str,
+    bool target_batch_first, const at::Tensor& lse, const at::Tensor& total_weight) {
+  const char* op = "rnn_ext::seq_cross_entropy_backward";
+  const Reduction reduction = parse_reduction(reduction_str, op);
+  const SeqLossSizes s =
+      check_seq_loss_args(op, "logits", logits_in, target, weight, target_batch_first);
+  check_seq_loss_backward_args(op, s, logits_in, grad_loss, reduction, target_batch_first,
+                               total_weight, &lse);
+  auto grad = at::empty({s.T, s.B, s.C}, logits_in.options());
+  if (grad.numel() == 0) {
+    return grad;
+  }
+  const at::Tensor logits = rows_contiguous(logits_in);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, logits.scalar_type(), "seq_cross_entropy_backward_cpu", [&] {
+        RNN_EXT_DISPATCH_TARGET(target, "seq_cross_entropy_backward_cpu", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          const auto rt = row_targets<scalar_t, index_t>(target, weight, ignore_index, s);
+          const auto gs = grad_scale<scalar_t>(grad_loss, total_weight, reduction,
+                                               target_batch_first);
+          const scalar_t* x = logits.const_data_ptr<scalar_t>();
+          const int64_t st = logits.stride(0), sb = logits.stride(1);
+          const int64_t lse_st = lse.stride(0), lse_sb = lse.stride(1);
+          const acc_t* lse_p = lse.const_data_ptr<acc_t>();
+          scalar_t* g = grad.mutable_data_ptr<scalar_t>();
+          BadRow bad;
+          at::parallel_for(0, s.T * s.B, rows_per_block(s.C), [&](int64_t r0, int64_t r1) {
+            std::vector<acc_t> xbuf, gbuf;
+            for (int64_t r = r0; r < r1; ++r) {
+              const int64_t t = r / s.B, b = r % s.B;
+              scalar_t* grow = g + r * s.C;
+              const int64_t y = rt.y(t, b);
+              if (rt.ignored(y)) {
+                std::fill(grow, grow + s.C, scalar_t(0));
+                continue;
+              }
+              if (!seq_target_in_range(y, s.C)) {
+                bad.record(r);
+                std::fill(grow, grow + s.C, scalar_t(0));
+                continue;
+              }
+              const acc_t c = rt.w(y) * gs(t, b);
+              const acc_t l = lse_p[t * lse_st + b * lse_sb];
+              const acc_t* xrow = row_as_acc<scalar_t, acc_t>(x + t * st + b * sb, s.C, xbuf);
+              row_ce_grad_any(grow, xrow, s.C, l, c, y, gbuf);
+            }
+          });
+          bad.raise_if_any(op, rt, target_batch_first);
+        });
+      });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnn_ext, CPU, m) {
+  m.impl("seq_nll_loss_forward", &seq_nll_loss_forward_cpu);
+  m.impl("seq_nll_loss_backward", &seq_nll_loss_backward_cpu);
+  m.impl("seq_cross_entropy_forward", &seq_cross_entropy_forward_cpu);
+  m.impl("seq_cross_entropy_backward", &seq_cross_entropy_backward_cpu);
+}
+
+}  // namespace rnn_ext

@@ -1,0 +1,82 @@
+// Declarations shared by the sequence-loss kernels of every backend (seq_nll_loss_* and
+// seq_cross_entropy_*): argument checks, the parsing of `reduction`, the error for a target out
+// of range. Implemented in csrc/seq_nll_checks.cpp (device-agnostic); the per-row math is in
+// csrc/seq_nll_math.h.
+//
+// Shapes (T time steps, B batch, C classes):
+//   log_probs / logits   (T, B, C), float32 / float64 / bfloat16 / float16, any strides
+//   target               int64 (or uint8, as F.nll_loss accepts) (B, T) when target_batch_first,
+//                        else (T, B); any strides (it is read through them, never transposed)
+//   weight               (C,) or absent, same dtype and device as the input
+//   loss (forward)       reduction "none": the target's shape; "mean" / "sum": a scalar ()
+//   total_weight         scalar (), the sum of weight[y] over the rows whose target is not
+//                        ignore_index (the count of such rows without weight); computed for
+//                        every reduction
+//   lse (cross-entropy)  (T, B), the log-sum-exp of each row of logits
+//   grad_loss (backward) the loss's shape; grad of the input (T, B, C), contiguous
+// total_weight and lse have the "statistics dtype": float32 for bfloat16 / float16 inputs,
+// else the input's dtype.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <string_view>
+#include <vector>
+
+#include "seq_nll_math.h"
+
+namespace rnn_ext {
+
+struct SeqLossSizes {
+  int64_t T, B, C;
+  // Strides of target along t and along b (target's own strides, in elements).
+  int64_t target_stride_t, target_stride_b;
+};
+
+// "none" | "mean" | "sum"; anything else is a ValueError naming `op` (as F.nll_loss).
+Reduction parse_reduction(std::string_view reduction, const char* op);
+
+// The dtype of total_weight and lse for an input of dtype `dt` (float for half / bfloat16).
+at::ScalarType seq_loss_stat_dtype(at::ScalarType dt);
+
+// The target's shape, {B, T} or {T, B}.
+std::vector<int64_t> seq_target_shape(const SeqLossSizes& s, bool target_batch_first);
+
+// Checks the arguments every sequence-loss operator takes. `input_name` is "log_probs" or
+// "logits". Raises RuntimeError (wrong rank, dtype, device, weight shape) or ValueError (a
+// target whose shape does not match the input's: the message names both shapes), as F.nll_loss
+// does. Returns the sizes and the target's strides. Target values are checked by the kernels.
+SeqLossSizes check_seq_loss_args(
+    const char* op,
+    const char* input_name,
+    const at::Tensor& input,
+    const at::Tensor& target,
+    const std::optional<at::Tensor>& weight,
+    bool target_batch_first);
+
+// Checks the extra arguments of the backward operators: grad_loss (the loss's shape for the
+// reduction, the input's dtype and device), total_weight (a scalar of the statistics dtype) and,
+// when given, lse ((T, B), statistics dtype).
+void check_seq_loss_backward_args(
+    const char* op,
+    const SeqLossSizes& s,
+    const at::Tensor& input,
+    const at::Tensor& grad_loss,
+    Reduction reduction,
+    bool target_batch_first,
+    const at::Tensor& total_weight,
+    const at::Tensor* lse);
+
+// Raises IndexError: target at time t, batch b (named in the target's own index order) holds
+// `value`, outside [0, C), and it is not ignore_index. For the kernels of every backend.
+[[noreturn]] void throw_seq_target_out_of_range(
+    const char* op,
+    int64_t value,
+    int64_t C,
+    int64_t ignore_index,
+    int64_t t,
+    int64_t b,
+    bool target_batch_first);
+
+}  // namespace rnn_ext

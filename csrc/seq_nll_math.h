@@ -1,0 +1,70 @@
+// Per-row math of the sequence NLL / cross-entropy losses, shared by the CPU and CUDA kernels
+// (host and device). The kernels do the loops and reductions; these helpers are the formulas,
+// so that both backends give the same numbers and the same special cases (NaN, ignored rows).
+//
+// A "row" is one (t, b) pair: log_probs[t, b, :] or logits[t, b, :], C classes, target y.
+// w = weight[y] (1 without weight); an ignored row (y == ignore_index) has w = 0 and loss 0.
+//
+//   NLL:            loss_row = -w * log_probs[t, b, y]
+//   cross-entropy:  lse      = m + log(sum_c exp(x_c - m)),  m = max_c x_c
+//                   loss_row = w * (lse - x_y)
+//   reductions:     none -> loss_row at the target's position; sum -> sum of rows;
+//                   mean -> sum of rows / total_weight, total_weight = sum of w over the rows
+//                           that are not ignored (0 / 0 = NaN when every row is ignored).
+//   backward:       c = w * s, s = -(g / total_weight) (mean), -g (sum), -g[t, b] (none)
+//                   NLL:  grad[t, b, c'] = c if c' == y else 0   (ignored rows: all 0)
+//                   CE:   grad[t, b, c'] = c * ([c' == y] - exp(x_c' - lse))
+// These are PyTorch's nll_loss forward/backward (aten/src/ATen/native/LossNLL.cpp) and
+// log_softmax's backward (grad - exp(output) * sum(grad)) composed for one-hot grads: the
+// order of the operations is kept so that the edge cases match (w = 0 with total_weight = 0
+// gives NaN, as in PyTorch). Source of the loss: PyTorch docs of F.nll_loss / F.cross_entropy.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+namespace rnn_ext {
+
+// The reduction argument, parsed once ("none" | "mean" | "sum").
+enum class Reduction : int { None = 0, Mean = 1, Sum = 2 };
+
+// Offset of target[(t, b)] in its storage: target is (B, T) when batch_first, else (T, B).
+// Reading through the strides means no transposed copy is ever made.
+C10_HOST_DEVICE inline int64_t seq_target_offset(int64_t t, int64_t b, int64_t stride_t,
+                                                 int64_t stride_b) {
+  return t * stride_t + b * stride_b;
+}
+
+// Whether y is a class index, [0, C).
+C10_HOST_DEVICE inline bool seq_target_in_range(int64_t y, int64_t C) {
+  return y >= 0 && y < C;
+}
+
+// NLL loss of one row that is not ignored: -w * log_prob_y.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t seq_nll_row_loss(acc_t log_prob_y, acc_t w) {
+  return -w * log_prob_y;
+}
+
+// Cross-entropy loss of one row that is not ignored: w * (lse - x_y).
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t seq_ce_row_loss(acc_t lse, acc_t logit_y, acc_t w) {
+  return w * (lse - logit_y);
+}
+
+// The per-row factor s of the backward (see the top of this file): the gradient of the
+// reduced loss with respect to -w * log_prob_y, before multiplying by w. g is grad_loss
+// (the scalar for mean / sum, the row's entry for none).
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t seq_loss_grad_scale(acc_t g, acc_t total_weight, Reduction r) {
+  return r == Reduction::Mean ? -(g / total_weight) : -g;
+}
+
+// Cross-entropy gradient of one element: c * ([is_target] - p), p = exp(x - lse), c = w * s.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t seq_ce_grad(acc_t p, bool is_target, acc_t c) {
+  return c * ((is_target ? acc_t(1) : acc_t(0)) - p);
+}
+
+}  // namespace rnn_ext

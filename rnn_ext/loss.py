@@ -1,0 +1,350 @@
+"""Fused sequence losses: the NLL loss of a multi-output RNN, and cross-entropy from its logits.
+
+fast.ai's lesson 6 (dl1, ``lesson6-rnn.ipynb``) computes the loss of its multi-output
+character RNN with
+
+.. code-block:: python
+
+    def nll_loss_seq(inp, targ):
+        sl, bs, nh = inp.size()
+        targ = targ.transpose(0, 1).contiguous().view(-1)
+        return F.nll_loss(inp.view(-1, nh), targ)
+
+:func:`seq_nll_loss` is that loss in one operator: it reads ``log_probs`` ``(T, B, C)`` as the
+RNN emits it and the target ``(B, T)`` as the data loader yields it, through their strides, with
+no transposed copy, and its backward writes the gradient in one pass.
+:func:`seq_cross_entropy` does the same from raw logits, fusing log-softmax and NLL: its forward
+keeps one number per row (the log-sum-exp) and its backward computes
+``softmax - onehot`` from the logits and that number.
+
+This module also registers, for the operators ``torch.ops.rnn_ext.seq_nll_loss_forward`` and
+``torch.ops.rnn_ext.seq_cross_entropy_forward`` (schemas in ``csrc/rnn_ext.cpp``, CPU kernels in
+``csrc/cpu/seq_nll_cpu.cpp``), their fake (meta) implementations, for ``torch.compile`` and
+:func:`torch.library.opcheck`, and their autograd, whose backward calls the
+``*_backward`` operators. (It lives here rather than in :mod:`rnn_ext.ops` to keep the loss in
+one file.)
+
+Shapes: ``T`` time steps, ``B`` batch, ``C`` classes. A "row" is one ``(t, b)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnn_ext.*)
+
+__all__ = ["seq_nll_loss", "seq_cross_entropy", "SeqNLLLoss", "SeqCrossEntropyLoss"]
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(
+            f"{reduction!r} is not a valid value for reduction: expected 'none', 'mean' or 'sum'"
+        )
+
+
+def _check_weight_grad(name: str, weight: Optional[Tensor]) -> None:
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{name}: the loss is not differentiable with respect to weight (as F.nll_loss); "
+            "weight cannot have requires_grad=True (pass weight.detach())"
+        )
+
+
+def seq_nll_loss(
+    log_probs: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    target_batch_first: bool = True,
+) -> Tensor:
+    r"""Negative log-likelihood of a whole sequence of predictions, fused (forward and backward).
+
+    Equals the lesson's ``nll_loss_seq``, that is ``F.nll_loss`` on the flattened pair
+
+    .. code-block:: python
+
+        F.nll_loss(log_probs.reshape(T * B, C), target.transpose(0, 1).reshape(-1),
+                   weight, ignore_index=ignore_index, reduction=reduction)
+
+    (``target`` without the transpose when ``target_batch_first=False``), with the same
+    ``weight``, ``ignore_index`` and ``reduction`` semantics (PyTorch docs, ``F.nll_loss``):
+    row ``(t, b)`` with class ``y = target[b, t]`` contributes
+    :math:`\ell_{t,b} = -w_y \, \mathrm{log\_probs}[t, b, y]`, or 0 when ``y == ignore_index``;
+    ``"mean"`` divides the sum by the sum of :math:`w_y` over the rows not ignored (NaN when every
+    row is ignored, as PyTorch). No transposed copy of the target is made.
+
+    Args:
+        log_probs: ``(T, B, C)`` log-probabilities (e.g. the output of ``log_softmax(-1)``),
+            float32 / float64 / bfloat16 / float16 (the latter two computed in float32); any
+            strides.
+        target: class indices, int64 (or uint8, as ``F.nll_loss`` accepts), ``(B, T)`` as a data
+            loader yields it, or ``(T, B)`` with ``target_batch_first=False``; any strides. Each
+            value is in ``[0, C)`` or equals ``ignore_index``.
+        weight: ``None`` or ``(C,)`` class weights, same dtype and device as ``log_probs``. Not
+            differentiable (it may not require grad), as in ``F.nll_loss``.
+        ignore_index: a target value whose rows contribute nothing (any integer, also one in
+            ``[0, C)``).
+        reduction: ``"none"`` (the per-row losses, in the target's shape: ``(B, T)`` or
+            ``(T, B)``), ``"mean"`` (weighted mean, a scalar) or ``"sum"`` (a scalar).
+        target_batch_first: whether ``target`` is ``(B, T)`` (``True``) or ``(T, B)``.
+
+    Returns:
+        The loss: a scalar for ``"mean"`` / ``"sum"``, the target's shape for ``"none"``;
+        ``log_probs``'s dtype.
+
+    Raises:
+        IndexError: a target value outside ``[0, C)`` that is not ``ignore_index`` (the message
+            names the value and its position).
+        ValueError: a target whose shape does not match ``(B, T)`` / ``(T, B)`` of
+            ``log_probs`` (the message names both shapes); an unknown ``reduction``.
+        RuntimeError: ``log_probs`` not of rank 3 or not floating, a target that is not int64 /
+            uint8, a weight not of shape ``(C,)`` or of another dtype, mismatched devices, a
+            weight that requires grad.
+
+    Gradients flow to ``log_probs`` through the fused ``rnn_ext::seq_nll_loss_backward``
+    operator; double backward (``create_graph=True``) differentiates a recomputation with
+    ``F.nll_loss`` (exact, slower).
+    """
+    _check_reduction(reduction)
+    _check_weight_grad("seq_nll_loss", weight)
+    return torch.ops.rnn_ext.seq_nll_loss_forward(
+        log_probs, target, weight, ignore_index, reduction, target_batch_first
+    )[0]
+
+
+def seq_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    target_batch_first: bool = True,
+) -> Tensor:
+    r"""Cross-entropy of a whole sequence of raw scores: log-softmax and NLL fused in one pass.
+
+    Equals ``F.cross_entropy`` on the flattened pair (PyTorch docs, ``F.cross_entropy``, class
+    indices, no label smoothing), i.e. :func:`seq_nll_loss` of ``logits.log_softmax(-1)``:
+
+    .. math:: \ell_{t,b} = w_y \left(\log \sum_c e^{x_{t,b,c}} - x_{t,b,y}\right)
+
+    The forward computes, per row, the maximum, the log-sum-exp and the loss in one pass and
+    keeps only the log-sum-exp ``(T, B)`` for backward; the backward writes
+    :math:`w_y s\,(\mathrm{onehot}_y - \mathrm{softmax}(x))` (``s`` from the reduction) from the
+    logits and the log-sum-exp. No ``(T, B, C)`` log-softmax is ever stored.
+
+    Args:
+        logits: ``(T, B, C)`` unnormalised scores, float32 / float64 / bfloat16 / float16 (the
+            latter two computed in float32); any strides (a copy is made only when the class
+            dimension is not unit-stride).
+        target, weight, ignore_index, reduction, target_batch_first: as :func:`seq_nll_loss`.
+
+    Returns:
+        The loss, as :func:`seq_nll_loss`.
+
+    Raises:
+        The same errors as :func:`seq_nll_loss` (``logits`` named in place of ``log_probs``).
+
+    Gradients flow to ``logits`` through ``rnn_ext::seq_cross_entropy_backward``; double
+    backward differentiates a recomputation with ``F.cross_entropy`` (exact, slower).
+    """
+    _check_reduction(reduction)
+    _check_weight_grad("seq_cross_entropy", weight)
+    return torch.ops.rnn_ext.seq_cross_entropy_forward(
+        logits, target, weight, ignore_index, reduction, target_batch_first
+    )[0]
+
+
+class SeqNLLLoss(nn.Module):
+    """Module form of :func:`seq_nll_loss`: ``nn.NLLLoss`` for ``(T, B, C)`` log-probabilities
+    and a ``(B, T)`` (or ``(T, B)``) target.
+
+    Args (as ``torch.nn.NLLLoss``; the deprecated ``size_average`` / ``reduce`` are not taken):
+        weight: ``None`` or ``(C,)`` class weights, kept as a buffer (moves with ``.to()``).
+        ignore_index: target value that contributes nothing. Default -100.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``. Default ``"mean"``.
+        target_batch_first: the target is ``(B, T)`` (default) or ``(T, B)``.
+
+    Shapes, dtypes and errors: see :func:`seq_nll_loss`.
+    """
+
+    def __init__(
+        self,
+        weight: Optional[Tensor] = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        target_batch_first: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_reduction(reduction)
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.target_batch_first = target_batch_first
+
+    def forward(self, log_probs: Tensor, target: Tensor) -> Tensor:
+        return seq_nll_loss(
+            log_probs, target, self.weight, self.ignore_index, self.reduction,
+            self.target_batch_first,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"target_batch_first={self.target_batch_first}")
+
+
+class SeqCrossEntropyLoss(SeqNLLLoss):
+    """Module form of :func:`seq_cross_entropy`: ``nn.CrossEntropyLoss`` (class indices, no
+    label smoothing) for ``(T, B, C)`` logits and a ``(B, T)`` (or ``(T, B)``) target.
+
+    Args: as :class:`SeqNLLLoss`. Shapes, dtypes and errors: see :func:`seq_cross_entropy`.
+    """
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return seq_cross_entropy(
+            logits, target, self.weight, self.ignore_index, self.reduction,
+            self.target_batch_first,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration of the operators: fake (meta) implementations and autograd.
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of total_weight and lse: float32 for half / bfloat16 inputs, else the input's."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _fake_loss_and_total_weight(input, target, reduction):
+    torch._check(input.dim() == 3,
+                 lambda: f"expected an input of rank 3 (T, B, C), got {tuple(input.shape)}")
+    torch._check(target.dim() == 2,
+                 lambda: f"expected a target of rank 2, got {tuple(target.shape)}")
+    loss = input.new_empty(target.shape if reduction == "none" else ())
+    return loss, input.new_empty((), dtype=_stat_dtype(input.dtype))
+
+
+@torch.library.register_fake("rnn_ext::seq_nll_loss_forward")
+def _seq_nll_loss_forward_fake(log_probs, target, weight, ignore_index, reduction,
+                               target_batch_first):
+    return _fake_loss_and_total_weight(log_probs, target, reduction)
+
+
+@torch.library.register_fake("rnn_ext::seq_nll_loss_backward")
+def _seq_nll_loss_backward_fake(grad_loss, log_probs, target, weight, ignore_index, reduction,
+                                target_batch_first, total_weight):
+    return log_probs.new_empty(log_probs.shape)
+
+
+@torch.library.register_fake("rnn_ext::seq_cross_entropy_forward")
+def _seq_cross_entropy_forward_fake(logits, target, weight, ignore_index, reduction,
+                                    target_batch_first):
+    loss, total_weight = _fake_loss_and_total_weight(logits, target, reduction)
+    lse = logits.new_empty(logits.shape[:2], dtype=_stat_dtype(logits.dtype))
+    return loss, lse, total_weight
+
+
+@torch.library.register_fake("rnn_ext::seq_cross_entropy_backward")
+def _seq_cross_entropy_backward_fake(grad_loss, logits, target, weight, ignore_index, reduction,
+                                     target_batch_first, lse, total_weight):
+    return logits.new_empty(logits.shape)
+
+
+def _reference_loss(loss_fn, input, target, weight, ignore_index, reduction, target_batch_first):
+    """The loss with PyTorch operations on the flattened pair (the lesson's nll_loss_seq), for
+    double backward: differentiable twice."""
+    T, B, C = input.shape
+    tgt = target.transpose(0, 1) if target_batch_first else target
+    out = loss_fn(input.reshape(T * B, C), tgt.reshape(T * B), weight,
+                  ignore_index=ignore_index, reduction=reduction)
+    if reduction == "none":
+        out = out.view(T, B)
+        if target_batch_first:
+            out = out.transpose(0, 1)
+    return out
+
+
+def _double_backward(ctx, loss_fn, input, target, weight, grad_loss):
+    """grad of the loss w.r.t. input, with a graph (create_graph=True), by differentiating the
+    PyTorch recomputation."""
+    if not (ctx.needs_input_grad[0] and input.requires_grad):
+        return None
+    with torch.enable_grad():
+        loss = _reference_loss(loss_fn, input, target, weight, ctx.ignore_index, ctx.reduction,
+                               ctx.target_batch_first)
+        (grad,) = torch.autograd.grad(loss, input, grad_loss, create_graph=True)
+    return grad
+
+
+def _save_args(ctx, inputs):
+    _, _, weight, ignore_index, reduction, target_batch_first = inputs
+    if weight is not None and weight.requires_grad:
+        raise RuntimeError(
+            "rnn_ext sequence loss: the loss is not differentiable with respect to weight (as "
+            "F.nll_loss); weight cannot have requires_grad=True (pass weight.detach())"
+        )
+    ctx.ignore_index = ignore_index
+    ctx.reduction = reduction
+    ctx.target_batch_first = target_batch_first
+
+
+def _seq_nll_setup_context(ctx, inputs, output):
+    log_probs, target, weight = inputs[:3]
+    _save_args(ctx, inputs)
+    _, total_weight = output
+    ctx.mark_non_differentiable(total_weight)
+    ctx.save_for_backward(log_probs, target, weight, total_weight)
+
+
+def _seq_nll_backward(ctx, grad_loss, _grad_total_weight):
+    log_probs, target, weight, total_weight = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        grad = _double_backward(ctx, F.nll_loss, log_probs, target, weight, grad_loss)
+    elif not ctx.needs_input_grad[0]:
+        grad = None
+    else:
+        grad = torch.ops.rnn_ext.seq_nll_loss_backward(
+            grad_loss, log_probs, target, weight, ctx.ignore_index, ctx.reduction,
+            ctx.target_batch_first, total_weight,
+        )
+    return grad, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "rnn_ext::seq_nll_loss_forward", _seq_nll_backward, setup_context=_seq_nll_setup_context
+)
+
+
+def _seq_ce_setup_context(ctx, inputs, output):
+    logits, target, weight = inputs[:3]
+    _save_args(ctx, inputs)
+    _, lse, total_weight = output
+    ctx.mark_non_differentiable(lse, total_weight)
+    ctx.save_for_backward(logits, target, weight, lse, total_weight)
+
+
+def _seq_ce_backward(ctx, grad_loss, _grad_lse, _grad_total_weight):
+    logits, target, weight, lse, total_weight = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        grad = _double_backward(ctx, F.cross_entropy, logits, target, weight, grad_loss)
+    elif not ctx.needs_input_grad[0]:
+        grad = None
+    else:
+        grad = torch.ops.rnn_ext.seq_cross_entropy_backward(
+            grad_loss, logits, target, weight, ctx.ignore_index, ctx.reduction,
+            ctx.target_batch_first, lse, total_weight,
+        )
+    return grad, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "rnn_ext::seq_cross_entropy_forward", _seq_ce_backward, setup_context=_seq_ce_setup_context
+)
