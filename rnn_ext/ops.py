@@ -255,3 +255,47 @@ def _elman_cell_backward(ctx, grad_hy):
 torch.library.register_autograd(
     "rnn_ext::elman_cell_forward", _elman_cell_backward, setup_context=_elman_cell_setup_context
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: choice of the recurrence kernel
+
+_PERSISTENT_MODES = ("auto", "on", "off", "require", "1", "0")
+
+
+def set_cuda_persistent(mode: str) -> None:
+    """Choose how the CUDA kernels of :func:`elman_rnn` run the recurrence.
+
+    Sets the environment variable ``RNN_EXT_CUDA_PERSISTENT``, which the CUDA kernels read at
+    every call (so it can also be set before starting Python):
+
+    * ``"auto"`` (default): the persistent kernel (one cooperative launch for all time steps,
+      W_hh held in shared memory, a grid-wide barrier per step) when a launch plan fits the
+      device and ``T >= 2``; else the cuBLAS step loop (one GEMM and one fused pointwise kernel
+      per step).
+    * ``"on"`` / ``"1"``: the persistent kernel whenever a plan fits, ``T = 1`` included.
+    * ``"off"`` / ``"0"``: always the cuBLAS step loop.
+    * ``"require"``: the persistent kernel, or a RuntimeError that says why it cannot run.
+
+    The plan fits when all of W_hh, in the accumulation type (float32 for float32 / float16 /
+    bfloat16, float64 for float64), and each block's slice of the state fit in the shared
+    memory of blocks that can all be resident at once (on an H200 up to about H = 2048, float64
+    about 1408, at small batch; less as the batch grows). See ``csrc/cuda/elman_cuda.cu``.
+
+    Raises:
+        ValueError: ``mode`` is not one of the values above.
+    """
+    if mode not in _PERSISTENT_MODES:
+        raise ValueError(f"set_cuda_persistent: unknown mode {mode!r}: expected one of "
+                         f"{', '.join(repr(m) for m in _PERSISTENT_MODES)}")
+    import os
+
+    os.environ["RNN_EXT_CUDA_PERSISTENT"] = mode
+
+
+def get_cuda_persistent() -> str:
+    """The current value of ``RNN_EXT_CUDA_PERSISTENT`` (``"auto"`` when unset); see
+    :func:`set_cuda_persistent`."""
+    import os
+
+    return os.environ.get("RNN_EXT_CUDA_PERSISTENT", "") or "auto"

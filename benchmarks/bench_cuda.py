@@ -1,0 +1,193 @@
+"""GPU benchmark: rnn_ext.ops.elman_rnn forward+backward against cuDNN's nn.RNN (one layer).
+
+For each shape (T, B, I, H) and precision (float32 with TF32 off, float32 with TF32 on,
+bfloat16) it times, with CUDA events around each repetition (median of the repetitions after
+warm-up), one forward and one backward (gradients of input, h_0 and all weights) of
+
+  * cudnn      torch.nn.RNN(I, H) on cuDNN, same weights;
+  * persist    rnn_ext.elman_rnn with RNN_EXT_CUDA_PERSISTENT=require: the persistent kernel
+               (the row holds the error when no launch plan fits; "auto" then runs cuBLAS);
+  * cublas     rnn_ext.elman_rnn with RNN_EXT_CUDA_PERSISTENT=off (the cuBLAS step loop).
+
+It also reports each run's relative difference from cuDNN's output (a sanity check, not a
+test) and the per-step floor of the recurrence,
+
+    floor = max(grid barrier, 2 * B * H^2 flops / peak, bytes / bandwidth)   per step,
+
+where the bytes of one step are the state read and written and the input projection read
+(3 * B * H elements; W_hh stays on chip), peak is the dense rate of the arithmetic the
+precision uses (float32 FMA 67 TFLOP/s, TF32 495, bf16 990: H100/H200 SXM datasheet),
+bandwidth 4.8 TB/s (H200 datasheet) and the grid barrier 1 us (an assumption). The time per
+step reported is the forward+backward time over 2 T steps (the backward has the same
+recurrence). Datasheet rates are leads, not measurements.
+
+Usage: python benchmarks/bench_cuda.py [--json PATH] [--reps N] [--budget SECONDS] [--quick]
+Writes the results as JSON (a list of rows) and prints a table. Needs a CUDA device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+SHAPES = [(8, 512, 42, 256), (100, 64, 512, 512), (1000, 8, 256, 256), (1000, 64, 1024, 1024)]
+TARGETS = {(8, 512, 42, 256): 1.5, (100, 64, 512, 512): 1.0, (1000, 8, 256, 256): 2.0,
+           (1000, 64, 1024, 1024): 1.0}
+PRECISIONS = ["fp32", "fp32-tf32", "bf16"]
+PEAK_FLOPS = {"fp32": 67e12, "fp32-tf32": 495e12, "bf16": 990e12}
+BANDWIDTH = 4.8e12
+BARRIER_S = 1e-6
+
+
+def per_step_floor(B, H, precision):
+    elt = 2 if precision == "bf16" else 4
+    flops = 2.0 * B * H * H
+    bytes_ = 3.0 * B * H * elt
+    return max(BARRIER_S, flops / PEAK_FLOPS[precision], bytes_ / BANDWIDTH)
+
+
+def time_it(fn, reps, warmup):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    return statistics.median(times), min(times)
+
+
+def bench_shape(shape, precision, reps, warmup):
+    import rnn_ext
+
+    T, B, I, H = shape
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    tf32 = precision == "fp32-tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    rnn = nn.RNN(I, H).to(dev, dtype)
+    x = torch.randn(T, B, I, device=dev, dtype=dtype, generator=g).requires_grad_()
+    h0 = torch.randn(B, H, device=dev, dtype=dtype, generator=g).mul_(0.5).requires_grad_()
+    gy = torch.randn(T, B, H, device=dev, dtype=dtype, generator=g)
+    ghn = torch.randn(B, H, device=dev, dtype=dtype, generator=g)
+    params = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
+    h0_3d = h0.detach().unsqueeze(0).requires_grad_()
+
+    def run_cudnn():
+        out, hn = rnn(x, h0_3d)
+        torch.autograd.grad([out, hn], [x, h0_3d, *params], [gy, ghn.unsqueeze(0)])
+        return out
+
+    def run_ext():
+        out, hn = rnn_ext.elman_rnn(x, h0, *params)
+        torch.autograd.grad([out, hn], [x, h0, *params], [gy, ghn])
+        return out
+
+    try:
+        with torch.no_grad():
+            ref = rnn(x, h0_3d)[0].float()
+    except RuntimeError:  # cuDNN without this dtype: its row reports the error
+        ref = None
+    rows = []
+    for impl, mode in (("cudnn", None), ("persist", "require"), ("cublas", "off")):
+        if mode is not None:
+            os.environ["RNN_EXT_CUDA_PERSISTENT"] = mode
+        fn = run_cudnn if impl == "cudnn" else run_ext
+        try:
+            out = fn()
+            err = ((out.float() - ref).norm() / ref.norm()).item() if ref is not None else None
+            med, best = time_it(fn, reps, warmup)
+            rows.append(dict(impl=impl, median_s=med, min_s=best, rel_diff_vs_cudnn=err))
+        except Exception as e:  # report and continue: the other rows still mean something
+            rows.append(dict(impl=impl, error=f"{type(e).__name__}: {e}"[:300]))
+    os.environ["RNN_EXT_CUDA_PERSISTENT"] = "auto"
+    floor = per_step_floor(B, H, precision)
+    cudnn_t = rows[0].get("median_s")
+    for r in rows:
+        r.update(T=T, B=B, I=I, H=H, precision=precision, floor_per_step_s=floor,
+                 target_speedup=TARGETS.get(tuple(shape)))
+        if "median_s" in r:
+            r["per_step_s"] = r["median_s"] / (2 * T)
+            r["per_step_over_floor"] = r["per_step_s"] / floor
+            r["speedup_vs_cudnn"] = cudnn_t / r["median_s"] if cudnn_t else None
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "bench_cuda.json"))
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--budget", type=float, default=150.0,
+                   help="seconds; shapes left when it is spent are skipped")
+    p.add_argument("--quick", action="store_true", help="the two smaller shapes only")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_cuda: no CUDA device", file=sys.stderr)
+        return 2
+    import rnn_ext
+
+    if not rnn_ext.has_cuda_kernels():
+        print("bench_cuda: rnn_ext was built without CUDA kernels", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    shapes = SHAPES[:2] if args.quick else SHAPES
+    results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), rows=[],
+                   skipped=[])
+    for precision in PRECISIONS:
+        for shape in shapes:
+            if time.time() - t0 > args.budget:
+                results["skipped"].append(dict(shape=shape, precision=precision))
+                continue
+            T = shape[0]
+            reps = max(3, args.reps if T * shape[3] <= 256 * 1000 else args.reps // 2)
+            rows = bench_shape(shape, precision, reps, args.warmup)
+            results["rows"].extend(rows)
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+            for r in rows:
+                print(json.dumps(r), flush=True)
+    results["elapsed_s"] = time.time() - t0
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)
+    print_table(results)
+    return 0
+
+
+def print_table(results):
+    print(f"\n{results['device']}  torch {results['torch']}  CUDA {results['cuda']}  "
+          f"cuDNN {results['cudnn']}")
+    print(f"{'shape (T,B,I,H)':<22}{'prec':<10}{'impl':<8}{'ms':>9}{'x cuDNN':>9}"
+          f"{'target':>7}{'us/step':>9}{'floor us':>9}{'rel diff':>10}")
+    for r in results["rows"]:
+        shape = f"{r['T']},{r['B']},{r['I']},{r['H']}"
+        if "error" in r:
+            print(f"{shape:<22}{r['precision']:<10}{r['impl']:<8} ERROR {r['error'][:60]}")
+            continue
+        sp = r.get("speedup_vs_cudnn")
+        print(f"{shape:<22}{r['precision']:<10}{r['impl']:<8}{r['median_s'] * 1e3:>9.3f}"
+              f"{(sp if sp else math.nan):>9.2f}{(r['target_speedup'] or math.nan):>7.1f}"
+              f"{r['per_step_s'] * 1e6:>9.2f}{r['floor_per_step_s'] * 1e6:>9.2f}"
+              f"{r['rel_diff_vs_cudnn'] if r['rel_diff_vs_cudnn'] is not None else math.nan:>10.1e}")
+    for s in results["skipped"]:
+        print(f"skipped (time budget): {s}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

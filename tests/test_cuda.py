@@ -1,0 +1,435 @@
+"""CUDA kernels of the Elman operators against the CPU kernels, float64 math and cuDNN.
+
+Every test here needs a CUDA device and a build with CUDA kernels; without them the whole
+module is skipped. The recurrence has two CUDA paths (csrc/cuda/elman_cuda.cu): the cuBLAS step
+loop (RNN_EXT_CUDA_PERSISTENT=off) and the persistent cooperative kernel
+(RNN_EXT_CUDA_PERSISTENT=require, which fails loudly instead of falling back); the sequence
+tests run both.
+
+References: the CPU operator run in float64 on the same (rounded) values; torch.nn.RNN /
+nn.RNNCell on cuDNN with TF32 off; torch.library.opcheck.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import rnn_ext
+from rnn_ext import ops
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif(not rnn_ext.has_cuda_kernels(), reason="rnn_ext built without CUDA"),
+]
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+MODES = ["off", "require"]  # cuBLAS step loop, persistent kernel
+
+# Relative error bounds ||got - ref|| / ||ref|| against a float64 reference computed from the
+# same rounded inputs, per dtype (outputs are rounded to the dtype every step).
+REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    got = got.detach().double().cpu()
+    ref = ref.detach().double().cpu()
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert not torch.isnan(got).any(), "NaN in the result (an unwritten element?)"
+    denom = ref.norm().item()
+    diff = (got - ref).norm().item()
+    return diff / denom if denom > 0 else diff
+
+
+def assert_close_rel(got, ref, dtype, what=""):
+    err = rel_err(got, ref)
+    assert err <= REL_TOL[dtype], f"{what}: relative error {err:.3e} > {REL_TOL[dtype]:.1e}"
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.fixture
+def mode(request, monkeypatch):
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", request.param)
+    return request.param
+
+
+def poison_cuda_allocator():
+    """Fill the caching allocator's free blocks with NaN, so that an output element the kernel
+    never writes reads NaN (the ops allocate their outputs with at::empty)."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    blocks = [torch.full((1 << 17,), math.nan, device="cuda") for _ in range(64)]  # small pool
+    blocks += [torch.full((1 << 22,), math.nan, device="cuda") for _ in range(8)]  # large pool
+    del blocks
+
+
+def make_args(T, B, I, H, dtype, bias=True, seed=0, scale=None):
+    """Random arguments of elman_forward on the CPU (the caller moves them)."""
+    g = torch.Generator().manual_seed(seed)
+    s = scale if scale is not None else 1.0 / math.sqrt(H)
+
+    def rnd(*shape, a=1.0):
+        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * a).to(dtype)
+
+    x = rnd(T, B, I)
+    h0 = rnd(B, H, a=0.5)
+    wih = rnd(H, I, a=s)
+    whh = rnd(H, H, a=s)
+    bih = rnd(H, a=s) if bias else None
+    bhh = rnd(H, a=s) if bias else None
+    return x, h0, wih, whh, bih, bhh
+
+
+def to(t, device, dtype=None, grad=False):
+    if t is None:
+        return None
+    t = t.to(device=device, dtype=dtype if dtype is not None else t.dtype).detach()
+    return t.requires_grad_(grad)
+
+
+def run_seq(args, device, dtype=None, nonlinearity="tanh", reverse=False, lengths=None,
+            gy=None, ghn=None):
+    """Forward and backward of rnn_ext.elman_rnn; returns (output, h_n, grads)."""
+    leaves = [to(a, device, dtype, grad=True) for a in args]
+    out, hn = rnn_ext.elman_rnn(*leaves, nonlinearity=nonlinearity, reverse=reverse,
+                                lengths=lengths)
+    loss = (out * to(gy, device, out.dtype)).sum() + (hn * to(ghn, device, hn.dtype)).sum()
+    loss.backward()
+    return out, hn, [leaf.grad if leaf is not None else None for leaf in leaves]
+
+
+def grads_like(T, B, H, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    gy = (torch.rand(T, B, H, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    ghn = (torch.rand(B, H, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    return gy, ghn
+
+
+SHAPES = [
+    # (T, B, I, H)
+    (5, 3, 4, 7),
+    (1, 2, 3, 5),  # T = 1
+    (6, 1, 5, 33),  # B = 1, H not a multiple of 32
+    (4, 5, 8, 70),
+    (3, 2, 3, 300),  # K split over many lanes
+]
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_sequence_against_cpu_float64(mode, dtype, shape, nonlinearity):
+    T, B, I, H = shape
+    args = make_args(T, B, I, H, dtype, seed=sum(shape) + len(nonlinearity))
+    gy, ghn = grads_like(T, B, H, dtype)
+    poison_cuda_allocator()
+    out, hn, grads = run_seq(args, "cuda", nonlinearity=nonlinearity, gy=gy, ghn=ghn)
+    assert out.dtype == dtype and hn.dtype == dtype
+    r_out, r_hn, r_grads = run_seq(args, "cpu", torch.float64, nonlinearity=nonlinearity, gy=gy,
+                                   ghn=ghn)
+    assert_close_rel(out, r_out, dtype, "output")
+    assert_close_rel(hn, r_hn, dtype, "h_n")
+    for name, g, r in zip(["input", "h_0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"],
+                          grads, r_grads):
+        assert g.dtype == dtype
+        assert_close_rel(g, r, dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_lengths_and_reverse(mode, dtype, reverse, nonlinearity):
+    T, B, I, H = 7, 5, 3, 37
+    args = make_args(T, B, I, H, dtype, seed=7)
+    lengths = torch.tensor([7, 1, 4, 7, 2])
+    gy, ghn = grads_like(T, B, H, dtype)
+    poison_cuda_allocator()
+    for lens in (lengths, lengths.cuda()):
+        out, hn, grads = run_seq(args, "cuda", nonlinearity=nonlinearity, reverse=reverse,
+                                 lengths=lens, gy=gy, ghn=ghn)
+        r_out, r_hn, r_grads = run_seq(args, "cpu", torch.float64, nonlinearity=nonlinearity,
+                                       reverse=reverse, lengths=lengths, gy=gy, ghn=ghn)
+        for b, n in enumerate(lengths.tolist()):
+            assert (out[n:, b] == 0).all(), "padded steps must output exactly 0"
+        assert_close_rel(out, r_out, dtype, "output")
+        assert_close_rel(hn, r_hn, dtype, "h_n")
+        for g, r in zip(grads, r_grads):
+            assert_close_rel(g, r, dtype, "grad")
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_long_sequence_float32(mode):
+    """Many steps and a multi-block grid: any missing barrier or stale read shows here."""
+    T, B, I, H = 200, 9, 16, 130
+    args = make_args(T, B, I, H, torch.float32, seed=3)
+    gy, ghn = grads_like(T, B, H, torch.float32)
+    out, hn, grads = run_seq(args, "cuda", gy=gy, ghn=ghn)
+    r_out, r_hn, r_grads = run_seq(args, "cpu", torch.float64, gy=gy, ghn=ghn)
+    assert_close_rel(out, r_out, torch.float32, "output")
+    assert_close_rel(hn, r_hn, torch.float32, "h_n")
+    for g, r in zip(grads, r_grads):
+        assert rel_err(g, r) < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 32, 256), (2, 130, 8, 96), (2, 4, 8, 1030)], ids=str)
+def test_persistent_equals_cublas(shape, monkeypatch):
+    """The two CUDA paths agree on shapes that exercise different launch plans."""
+    T, B, I, H = shape
+    args = make_args(T, B, I, H, torch.float32, seed=11)
+    gy, ghn = grads_like(T, B, H, torch.float32)
+    results = {}
+    for m in MODES:
+        monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", m)
+        poison_cuda_allocator()
+        results[m] = run_seq(args, "cuda", gy=gy, ghn=ghn)
+    a, b = results["off"], results["require"]
+    assert rel_err(a[0], b[0]) < 1e-5 and rel_err(a[1], b[1]) < 1e-5
+    for ga, gb in zip(a[2], b[2]):
+        assert rel_err(ga, gb) < 1e-4
+
+
+def test_require_reports_when_no_plan_fits(monkeypatch):
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "require")
+    H = 4096  # W_hh in float64 is 128 MiB: more than all shared memory of any GPU
+    args = [to(a, "cuda") for a in make_args(2, 2, 3, H, torch.float64)]
+    with pytest.raises(RuntimeError, match="persistent kernel cannot run"):
+        rnn_ext.elman_rnn(*args)
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "auto")  # falls back to cuBLAS
+    out, hn = rnn_ext.elman_rnn(*args)
+    ref_out, ref_hn = rnn_ext.elman_rnn(*[to(a, "cpu") for a in args])
+    assert rel_err(out, ref_out) < 1e-12
+
+
+def test_bad_mode_value(monkeypatch):
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "fast")
+    args = [to(a, "cuda") for a in make_args(2, 2, 3, 4, torch.float32)]
+    with pytest.raises(ValueError, match="RNN_EXT_CUDA_PERSISTENT"):
+        rnn_ext.elman_rnn(*args)
+    with pytest.raises(ValueError, match="unknown mode"):
+        ops.set_cuda_persistent("fast")
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_non_contiguous_inputs(mode):
+    T, B, I, H = 4, 3, 5, 6
+    x, h0, wih, whh, bih, bhh = make_args(T, B, I, H, torch.float32, seed=5)
+    dev = "cuda"
+    x_nc = x.transpose(0, 1).contiguous().to(dev).transpose(0, 1)  # (T, B, I) view of (B, T, I)
+    h0_nc = torch.stack([h0, h0], 2).to(dev)[:, :, 0]
+    wih_nc = wih.t().contiguous().to(dev).t()
+    whh_nc = whh.t().contiguous().to(dev).t()
+    b_nc = torch.stack([bih, bhh], 1).to(dev)
+    assert not (x_nc.is_contiguous() or h0_nc.is_contiguous() or whh_nc.is_contiguous())
+    out, hn = rnn_ext.elman_rnn(x_nc, h0_nc, wih_nc, whh_nc, b_nc[:, 0], b_nc[:, 1])
+    ref_out, ref_hn = rnn_ext.elman_rnn(x.double(), h0.double(), wih.double(), whh.double(),
+                                        bih.double(), bhh.double())
+    assert_close_rel(out, ref_out, torch.float32)
+    assert_close_rel(hn, ref_hn, torch.float32)
+    # Non-contiguous grad_output through the backward op.
+    gy = torch.randn(B, T, H, device=dev, dtype=torch.float64).transpose(0, 1)
+    args64 = [a.double().cuda() for a in (x, h0, wih, whh)]
+    out64, _ = rnn_ext.elman_rnn(*args64)
+    res = torch.ops.rnn_ext.elman_backward(gy, torch.zeros(B, H, device=dev, dtype=torch.float64),
+                                           *args64, out64, "tanh", False, None)
+    ref = torch.ops.rnn_ext.elman_backward(gy.cpu(), torch.zeros(B, H, dtype=torch.float64),
+                                           *[a.cpu() for a in args64], out64.cpu(), "tanh", False,
+                                           None)
+    for a, b in zip(res, ref):
+        assert rel_err(a, b) < 1e-12
+
+
+def _nn_rnn(I, H, nonlinearity, bias, args, dtype, device="cuda"):
+    x, h0, wih, whh, bih, bhh = args
+    rnn = nn.RNN(I, H, nonlinearity=nonlinearity, bias=bias).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(wih)
+        rnn.weight_hh_l0.copy_(whh)
+        if bias:
+            rnn.bias_ih_l0.copy_(bih)
+            rnn.bias_hh_l0.copy_(bhh)
+    return rnn
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_against_cudnn_rnn(mode, dtype, bias, nonlinearity):
+    T, B, I, H = 6, 4, 5, 45
+    args = make_args(T, B, I, H, dtype, bias=bias, seed=13)
+    gy, ghn = grads_like(T, B, H, dtype)
+    try:
+        rnn = _nn_rnn(I, H, nonlinearity, bias, args, dtype)
+        x = to(args[0], "cuda", grad=True)
+        h0 = to(args[1], "cuda", grad=True)
+        r_out, r_hn = rnn(x, h0.unsqueeze(0))
+    except RuntimeError as e:  # cuDNN without this dtype
+        pytest.skip(f"nn.RNN on CUDA does not run in {dtype}: {e}")
+    r_hn = r_hn.squeeze(0)
+    ((r_out * gy.cuda()).sum() + (r_hn * ghn.cuda()).sum()).backward()
+    out, hn, grads = run_seq(args, "cuda", nonlinearity=nonlinearity, gy=gy, ghn=ghn)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2,
+           torch.bfloat16: 5e-2}[dtype]
+    assert rel_err(out, r_out) < tol
+    assert rel_err(hn, r_hn) < tol
+    ref_grads = [x.grad, h0.grad, rnn.weight_ih_l0.grad, rnn.weight_hh_l0.grad]
+    if bias:
+        ref_grads += [rnn.bias_ih_l0.grad, rnn.bias_hh_l0.grad]
+    for g, r in zip(grads, ref_grads):
+        assert rel_err(g, r) < 2 * tol
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_lengths_against_cudnn_packed(mode):
+    T, B, I, H = 6, 4, 3, 20
+    dtype = torch.float32
+    args = make_args(T, B, I, H, dtype, seed=17)
+    lengths = torch.tensor([6, 2, 5, 1])
+    rnn = _nn_rnn(I, H, "tanh", True, args, dtype)
+    x = args[0].cuda()
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    r_out, r_hn = rnn(packed, args[1].cuda().unsqueeze(0))
+    r_out, _ = nn.utils.rnn.pad_packed_sequence(r_out, total_length=T)
+    out, hn = rnn_ext.elman_rnn(*[to(a, "cuda") for a in args], lengths=lengths.cuda())
+    assert rel_err(out, r_out) < 1e-5
+    assert rel_err(hn, r_hn.squeeze(0)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("B", [1, 6])
+def test_cell(dtype, nonlinearity, B):
+    I, H = 5, 33
+    x, h0, wih, whh, bih, bhh = make_args(1, B, I, H, dtype, seed=19)
+    args = [x[0], h0, wih, whh, bih, bhh]
+    g = torch.randn(B, H, dtype=torch.float64).to(dtype)
+    poison_cuda_allocator()
+    leaves = [to(a, "cuda", grad=True) for a in args]
+    hy = rnn_ext.elman_cell(*leaves, nonlinearity=nonlinearity)
+    (hy * g.cuda()).sum().backward()
+    leaves64 = [to(a, "cpu", torch.float64, grad=True) for a in args]
+    hy64 = rnn_ext.elman_cell(*leaves64, nonlinearity=nonlinearity)
+    (hy64 * g.double()).sum().backward()
+    assert_close_rel(hy, hy64, dtype, "hy")
+    for a, b in zip(leaves, leaves64):
+        assert_close_rel(a.grad, b.grad, dtype, "grad")
+    if dtype in (torch.float32, torch.float64):
+        cell = nn.RNNCell(I, H, nonlinearity=nonlinearity).to("cuda", dtype)
+        with torch.no_grad():
+            for p, v in zip(cell.parameters(), [wih, whh, bih, bhh]):
+                p.copy_(v)
+        ref = cell(args[0].cuda(), h0.cuda())
+        assert rel_err(hy, ref) < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_device_mismatch_error():
+    x, h0, wih, whh, bih, bhh = make_args(2, 2, 3, 4, torch.float32)
+    with pytest.raises(RuntimeError, match="h_0 on device"):
+        rnn_ext.elman_rnn(x.cuda(), h0, wih.cuda(), whh.cuda())
+    with pytest.raises(RuntimeError, match="weight_hh on device"):
+        rnn_ext.elman_rnn(x.cuda(), h0.cuda(), wih.cuda(), whh)
+    with pytest.raises(RuntimeError, match="hx on device"):
+        rnn_ext.elman_cell(x[0].cuda(), h0, wih.cuda(), whh.cuda())
+
+
+def test_errors_match_cpu():
+    """The CUDA kernels call the shared checks: same message as on the CPU."""
+    x, h0, wih, whh, _, _ = make_args(3, 2, 3, 4, torch.float32)
+    bad = [
+        (x, h0[:1], wih, whh, None, None, "tanh", False, None),
+        (x, h0, wih, whh, None, None, "sigmoid", False, None),
+        (x, h0, wih, whh, None, None, "tanh", False, torch.tensor([0, 3])),
+        (x, h0, wih, whh, None, None, "tanh", False, torch.tensor([1, 4])),
+    ]
+    for args in bad:
+        msgs = []
+        for dev in ("cpu", "cuda"):
+            moved = [a.to(dev) if isinstance(a, torch.Tensor) and a.dtype != torch.int64 else a
+                     for a in args]
+            with pytest.raises((RuntimeError, ValueError)) as info:
+                torch.ops.rnn_ext.elman_forward(*moved)
+            msgs.append(str(info.value).splitlines()[0].replace("cuda:0", "DEV").replace(
+                "cpu", "DEV"))
+        assert msgs[0] == msgs[1]
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_opcheck_cuda(mode):
+    T, B, I, H = 3, 2, 4, 5
+    args = [to(a, "cuda", grad=True) for a in make_args(T, B, I, H, torch.float32)]
+    torch.library.opcheck(torch.ops.rnn_ext.elman_forward.default,
+                          (*args, "tanh", False, None))
+    torch.library.opcheck(torch.ops.rnn_ext.elman_forward.default,
+                          (*args, "relu", True, torch.tensor([3, 1], device="cuda")))
+    out, hn = rnn_ext.elman_rnn(*[a.detach() for a in args])
+    torch.library.opcheck(
+        torch.ops.rnn_ext.elman_backward.default,
+        (torch.randn_like(out), torch.randn_like(hn), *[a.detach() for a in args[:4]], out,
+         "tanh", False, None))
+    cell_args = [args[0][0].detach().requires_grad_(), *args[1:]]
+    torch.library.opcheck(torch.ops.rnn_ext.elman_cell_forward.default, (*cell_args, "tanh"))
+
+
+def test_torch_compile():
+    args = [to(a, "cuda") for a in make_args(5, 3, 4, 6, torch.float32)]
+
+    def f(x, h0, wih, whh, bih, bhh):
+        out, hn = rnn_ext.elman_rnn(x, h0, wih, whh, bih, bhh, "tanh")
+        return out.sum(0) * 2 + hn
+
+    compiled = torch.compile(f, fullgraph=True)
+    torch.testing.assert_close(compiled(*args), f(*args))
+    leaves = [a.clone().requires_grad_() for a in args]
+    compiled(*leaves).sum().backward()
+    leaves2 = [a.clone().requires_grad_() for a in args]
+    f(*leaves2).sum().backward()
+    for a, b in zip(leaves, leaves2):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("ac_dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_autocast_like_nn_rnn(ac_dtype):
+    T, B, I, H = 5, 3, 4, 16
+    args = make_args(T, B, I, H, torch.float32, seed=23)
+    rnn = _nn_rnn(I, H, "tanh", True, args, torch.float32)
+    x = args[0].cuda()
+    h0 = args[1].cuda()
+    leaves = [to(a, "cuda", grad=True) for a in args]
+    with torch.autocast("cuda", dtype=ac_dtype):
+        r_out, r_hn = rnn(x, h0.unsqueeze(0))
+        out, hn = rnn_ext.elman_rnn(*leaves)
+        hy = rnn_ext.elman_cell(leaves[0][0], *leaves[1:])
+    assert out.dtype == r_out.dtype == ac_dtype
+    assert hn.dtype == r_hn.dtype
+    assert hy.dtype == ac_dtype
+    assert rel_err(out, r_out) < 3e-2
+    (out.float().sum() + hn.float().sum()).backward()
+    for leaf in leaves:
+        assert leaf.grad is not None and leaf.grad.dtype == torch.float32
+    # float64 is not cast, as for nn.RNN.
+    args64 = [to(a, "cuda", torch.float64) for a in args]
+    with torch.autocast("cuda", dtype=ac_dtype):
+        out64, _ = rnn_ext.elman_rnn(*args64)
+    assert out64.dtype == torch.float64
+
+
+def test_nan_poison_is_effective():
+    """poison_cuda_allocator really hands NaN-filled memory to the next torch.empty, so the
+    poisoning in the tests above can catch unwritten elements."""
+    poison_cuda_allocator()
+    t = torch.empty(1000, device="cuda")
+    assert torch.isnan(t).all()
