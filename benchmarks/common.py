@@ -58,8 +58,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 REPO_ROOT = BENCH_DIR.parent
 
-# Benchmark the checkout these scripts belong to (built in place), not another installed copy.
-if (REPO_ROOT / "rnn_ext" / "__init__.py").exists() and str(REPO_ROOT) not in sys.path[:1]:
+# Benchmark the checkout these scripts belong to when it is built in place (its rnn_ext holds
+# the compiled _C); otherwise the installed rnn_ext (pip install .) is imported as usual.
+if any((REPO_ROOT / "rnn_ext").glob("_C*")) and str(REPO_ROOT) not in sys.path[:1]:
     sys.path.insert(0, str(REPO_ROOT))
 
 DTYPES = {

@@ -69,15 +69,28 @@ timeout $(( left + 20 )) "$PY" "$REPO/benchmarks/bench_cuda.py" --json "$OUT/ben
   --budget "$(( left > 60 ? left - 40 : 20 ))" > "$OUT/bench.log" 2>&1
 RC[bench]=$?
 
+# 6. The benchmark suite (bench_rnn/bench_loss/bench_train.py and their plots) on the installed
+#    package: RNN_EXT_BENCH_SUITE=short (default, about 2 minutes), quick, full or off.
+#    JSON and PNG files -> $OUT/suite/ (copy them to benchmarks/results/ to commit them).
+SUITE="${RNN_EXT_BENCH_SUITE:-short}"
+if [ "$SUITE" != off ]; then
+  (cd /tmp && timeout 300 bash "$REPO/benchmarks/run_gpu_benchmarks.sh" "$SUITE" "$OUT/suite") \
+    > "$OUT/suite.log" 2>&1
+  RC[suite]=$?
+else
+  RC[suite]=0
+fi
+
 # Summary, printed last.
 {
   echo "== device_check summary ($(elapsed)s) =="
-  for k in build import test_cuda test_rest bench; do echo "$k: rc=${RC[$k]}"; done
+  for k in build import test_cuda test_rest bench suite; do echo "$k: rc=${RC[$k]}"; done
   echo "-- test_cuda:"; tail -n 3 "$OUT/test_cuda.log"
   grep -E "^(FAILED|ERROR)" "$OUT/test_cuda.log" | head -n 15
   echo "-- test_rest:"; tail -n 2 "$OUT/test_rest.log"
   echo "-- bench:"; sed -n '/^NVIDIA\|^$/,$p' "$OUT/bench.log" | tail -n 45
+  echo "-- suite ($SUITE):"; grep -E "FAILED|rnn_ext +|wrote" "$OUT/suite.log" | tail -n 30
 } > "$OUT/summary.txt" 2>&1
 cat "$OUT/summary.txt"
-for k in build import test_cuda test_rest bench; do [ "${RC[$k]}" -eq 0 ] || exit 1; done
+for k in build import test_cuda test_rest bench suite; do [ "${RC[$k]}" -eq 0 ] || exit 1; done
 exit 0
