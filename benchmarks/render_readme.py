@@ -74,6 +74,18 @@ def section_rnn(doc: Dict[str, Any], path: Path) -> List[str]:
            "training step (forward + backward).", ""]
     rows = doc["results"]
     cuda = dev == "cuda"
+    targeted = [r for r in rows if r.get("target") and "fwd_bwd" in r]
+    if targeted:
+        out += ["Targets (the operator issue's, CPU, one layer): forward+backward speed-up over "
+                "`nn.RNN` and a training step's peak memory no higher than `nn.RNN`'s.", "",
+                "| shape (T, B, I, H) | target speed-up | measured speed-up | peak memory ratio "
+                "(target ≤ 1.00) | met |", "|---|---|---|---|---|"]
+        for r in targeted:
+            t = r["target"]
+            out.append(f"| {r['label']} | ≥ {t['speedup_fwd_bwd_min']}x | "
+                       f"{_x(r.get('speedup_fwd_bwd'))} | {r.get('memory_ratio') or 0:.3f} | "
+                       + ("yes" if r.get("meets_target") else "**no**") + " |")
+        out.append("")
     head = ["shape (T, B, I, H)", "dtype" + (" / TF32" if cuda else ""), "implementation",
             "forward", "forward+backward", "speed-up fwd", "speed-up fwd+bwd",
             "peak memory (ratio)"]
