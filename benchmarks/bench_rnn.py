@@ -17,7 +17,9 @@ Implementations:
 
 - CPU: ``torch`` (nn.RNN, PyTorch's CPU kernels; the baseline) and ``rnn_ext``.
 - CUDA: ``cudnn`` (nn.RNN as PyTorch selects it, cuDNN; the baseline), ``torch_native``
-  (nn.RNN under ``torch.backends.cudnn.flags(enabled=False)``), ``rnn_ext``, and ``flashrnn``
+  (nn.RNN under ``torch.backends.cudnn.flags(enabled=False)``), ``rnn_ext`` (its default:
+  the persistent kernel where a launch plan fits), ``rnn_ext_cublas`` (``rnn_ext`` with
+  ``set_cuda_persistent("off")``: the cuBLAS step loop), and ``flashrnn``
   (FlashRNN's ``function="elman"``, one layer, one direction; its input projection is an
   ``F.linear`` on the same weights) when ``import flashrnn`` works. float32 runs twice: TF32
   off and on (``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``).
@@ -219,6 +221,17 @@ class FlashElman(nn.Module):
         return out, last[0].reshape(1, -1, H)
 
 
+@contextlib.contextmanager
+def _persistent_mode(mode: str):
+    """Run with ``rnn_ext.ops.set_cuda_persistent(mode)``, restoring the previous mode after."""
+    prev = rnn_ext.ops.get_cuda_persistent()
+    rnn_ext.ops.set_cuda_persistent(mode)
+    try:
+        yield
+    finally:
+        rnn_ext.ops.set_cuda_persistent(prev)
+
+
 def make_impls(device: str, base: nn.RNN, dtype: torch.dtype, shape: Shape,
                flash: Optional[Callable]) -> Tuple[Dict[str, nn.Module],
                                                    Dict[str, Callable[[], Any]], str,
@@ -229,7 +242,13 @@ def make_impls(device: str, base: nn.RNN, dtype: torch.dtype, shape: Shape,
     if device == "cpu":
         return {"torch": base, "rnn_ext": ours}, {}, "torch", skipped
     mods: Dict[str, nn.Module] = {"cudnn": base, "torch_native": base, "rnn_ext": ours}
-    ctx = {"torch_native": lambda: torch.backends.cudnn.flags(enabled=False)}
+    ctx: Dict[str, Callable[[], Any]] = {
+        "torch_native": lambda: torch.backends.cudnn.flags(enabled=False)}
+    if hasattr(rnn_ext.ops, "set_cuda_persistent"):
+        # rnn_ext's default ("auto") uses the persistent kernel where it fits; this variant
+        # forces the cuBLAS step loop, to show what the persistent kernel brings.
+        mods["rnn_ext_cublas"] = ours
+        ctx["rnn_ext_cublas"] = lambda: _persistent_mode("off")
     if flash is None:
         skipped["flashrnn"] = "not installed"
     elif shape.layers != 1 or shape.bidirectional:
@@ -314,7 +333,7 @@ def run_case(shape: Shape, dtype: torch.dtype, tf32: Optional[bool], args, flash
             row["speedup_fwd_bwd"] = b["fwd_bwd"]["median_s"] / row["fwd_bwd"]["median_s"]
             row["memory_ratio"] = (row["peak_memory_bytes"] / b["peak_memory_bytes"]
                                    if b["peak_memory_bytes"] else None)
-        if name == "rnn_ext" and "torch_native" in rows and "forward" in rows["torch_native"] \
+        if name.startswith("rnn_ext") and "torch_native" in rows and "forward" in rows["torch_native"] \
                 and "forward" in row:
             nat = rows["torch_native"]
             row["speedup_forward_vs_native"] = nat["forward"]["median_s"] / row["forward"]["median_s"]
@@ -409,16 +428,16 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
 def print_table(results: List[Dict[str, Any]]) -> None:
     """A short text table of the results on stdout."""
-    print(f"{'shape':28} {'dtype':9} {'tf32':5} {'impl':13} {'fwd':>10} {'fwd+bwd':>10} "
+    print(f"{'shape':28} {'dtype':9} {'tf32':5} {'impl':15} {'fwd':>10} {'fwd+bwd':>10} "
           f"{'x fwd':>6} {'x f+b':>6} {'peak mem':>10} {'target':>7}")
     for r in results:
         if "forward" not in r:
-            print(f"{r['label']:28} {r['dtype']:9} {str(r['tf32']):5} {r['impl']:13} "
+            print(f"{r['label']:28} {r['dtype']:9} {str(r['tf32']):5} {r['impl']:15} "
                   f"{r.get('skipped') or r.get('error', '')}")
             continue
         tgt = r.get("target", {}).get("speedup_fwd_bwd_min")
         tgt_s = "" if tgt is None else (("ok " if r.get("meets_target") else "NO ") + f"{tgt}")
-        print(f"{r['label']:28} {r['dtype']:9} {str(r['tf32']):5} {r['impl']:13} "
+        print(f"{r['label']:28} {r['dtype']:9} {str(r['tf32']):5} {r['impl']:15} "
               f"{common.fmt_time(r['forward']['median_s']):>10} "
               f"{common.fmt_time(r['fwd_bwd']['median_s']):>10} "
               f"{r['speedup_forward']:6.2f} {r['speedup_fwd_bwd']:6.2f} "

@@ -27,6 +27,7 @@ START, END = "<!-- perf:start -->", "<!-- perf:end -->"
 README = common.REPO_ROOT / "README.md"
 IMPL_NAMES = {"torch": "nn.RNN (PyTorch CPU)", "cudnn": "nn.RNN (cuDNN)",
               "torch_native": "nn.RNN (native CUDA, cuDNN off)", "rnn_ext": "rnn_ext",
+              "rnn_ext_cublas": "rnn_ext (cuBLAS step loop)",
               "flashrnn": "FlashRNN elman"}
 
 
