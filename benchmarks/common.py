@@ -393,5 +393,7 @@ def fmt_time(s: Optional[float]) -> str:
 
 
 def fmt_bytes(n: Optional[float]) -> str:
-    """Bytes as MiB with one decimal."""
-    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+    """Bytes as MiB with one decimal (KiB below 1 MiB)."""
+    if n is None:
+        return "-"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
