@@ -19,7 +19,7 @@ import argparse
 import sys
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import matplotlib
 
@@ -38,12 +38,16 @@ def _subtitle(doc: Dict[str, Any]) -> str:
     return f"{where}; torch {m.get('torch')}; {m.get('date_utc')}{load_s}"
 
 
-def _bars(ax, labels: List[str], series: "OrderedDict[str, List[float]]", ylabel: str) -> None:
+def _bars(ax, labels: List[str], series: "OrderedDict[str, List[float]]", ylabel: str,
+          styles: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
+    """Grouped bars: one group per label, one bar per series; ``styles`` maps a series name to
+    ``ax.bar`` keyword arguments (colour, alpha)."""
     n = max(len(series), 1)
     width = 0.8 / n
     for k, (name, vals) in enumerate(series.items()):
         xs = [i + (k - (n - 1) / 2) * width for i in range(len(labels))]
-        bars = ax.bar(xs, [v if v is not None else 0 for v in vals], width, label=name)
+        bars = ax.bar(xs, [v if v is not None else 0 for v in vals], width, label=name,
+                      **(styles or {}).get(name, {}))
         for b, v in zip(bars, vals):
             if v is not None:
                 ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()),
@@ -68,10 +72,15 @@ def plot_rnn(doc: Dict[str, Any], out: Path) -> List[Path]:
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(7, 0.7 * len(labels) + 3), 7.5),
                                        gridspec_kw={"height_ratios": [2, 1]}, sharex=True)
         series = OrderedDict()
+        colour = {i: f"C{k}" for k, i in enumerate(impls)}
+        styles: Dict[str, Dict[str, Any]] = {}
         for i in impls:
             series[f"{i} fwd"] = [by.get((l, i), {}).get("speedup_forward") for l in labels]
             series[f"{i} fwd+bwd"] = [by.get((l, i), {}).get("speedup_fwd_bwd") for l in labels]
-        _bars(ax1, labels, series, f"speed-up over {rs[0]['baseline']} (x)")
+            styles[f"{i} fwd"] = {"color": colour[i], "alpha": 0.45}
+            styles[f"{i} fwd+bwd"] = {"color": colour[i]}
+            styles[i] = {"color": colour[i]}
+        _bars(ax1, labels, series, f"speed-up over {rs[0]['baseline']} (x)", styles)
         for k, l in enumerate(labels):
             t = by.get((l, "rnn_ext"), {}).get("target")
             if t:
@@ -85,7 +94,7 @@ def plot_rnn(doc: Dict[str, Any], out: Path) -> List[Path]:
                       f"{_subtitle(doc)}", fontsize=9)
         mem = OrderedDict((i, [by.get((l, i), {}).get("memory_ratio") for l in labels])
                           for i in impls)
-        _bars(ax2, labels, mem, "training-step peak\nmemory / baseline")
+        _bars(ax2, labels, mem, "training-step peak\nmemory / baseline", styles)
         fig.tight_layout()
         suffix = "" if doc["device"] == "cpu" and len(settings) == 1 else (
             f"_{dtype}" + ("" if tf32 is None else ("_tf32on" if tf32 else "_tf32off")))
