@@ -1,0 +1,301 @@
+"""The lesson's six training runs ("rows"), with the notebook's schedules and numbers, and the
+driver that trains one (used by ``python -m rnn_ext train`` and ``lesson``).
+
+The notebook's numbers are the per-epoch ``[epoch, trn_loss, val_loss]`` lines printed in
+fast.ai's ``courses/dl1/lesson6-rnn.ipynb`` (fastai 0.7, 2018). Char3Model's notebook
+validation set was one sample (``val_idxs=[-1]``), so its val_loss is not comparable; a real
+20% split is used here and the row compares trn_loss.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+import rnn_ext
+
+from .data import LessonData, Vocab, lesson_data, read_text
+from .models import MODELS, N_FAC, N_HIDDEN, CharModel, identity_init_
+from .train import (EpochStats, fit, load_checkpoint, model_from_checkpoint, save_checkpoint,
+                    set_lrs, unwrap)
+
+__all__ = ["Recipe", "RECIPES", "LESSON_ROWS", "loss_for", "train_recipe", "TrainResult",
+           "setup_distributed", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One of the notebook's training runs.
+
+    Attributes:
+        key: command-line name (``--model``).
+        title: the row's name in the lesson's table.
+        model: class name in :data:`~rnn_ext.lesson.models.MODELS`.
+        data: dataset kind for :func:`~rnn_ext.lesson.data.lesson_data`.
+        identity: ``rnn.weight_hh_l0 = I`` before training.
+        schedule: ``((lr, epochs), ...)``: Adam, ``set_lrs`` between the phases.
+        notebook: the notebook's ``(trn_loss, val_loss)`` per epoch (``val_loss`` ``None`` where
+            it is not comparable).
+        compare: ``"val_loss"`` or ``"trn_loss"``: the number checked against the notebook.
+    """
+
+    key: str
+    title: str
+    model: str
+    data: str
+    identity: bool
+    schedule: Tuple[Tuple[float, int], ...]
+    notebook: Tuple[Tuple[float, Optional[float]], ...]
+    compare: str = "val_loss"
+
+    @property
+    def cs(self) -> int:
+        """Characters per example."""
+        return 3 if self.data == "char3" else 8
+
+
+RECIPES: Dict[str, Recipe] = {r.key: r for r in [
+    Recipe("char3", "Char3Model", "Char3Model", "char3", False,
+           ((1e-2, 1), (1e-3, 1)),
+           ((2.09627, None), (1.84525, None)), compare="trn_loss"),
+    Recipe("loop", "CharLoopModel", "CharLoopModel", "overlap", False,
+           ((1e-2, 1), (1e-3, 1)),
+           ((2.02986, 1.99268), (1.73588, 1.75103))),
+    Recipe("concat", "CharLoopConcatModel", "CharLoopConcatModel", "overlap", False,
+           ((1e-3, 1), (1e-4, 1)),
+           ((1.81654, 1.78501), (1.69008, 1.69936))),
+    Recipe("rnn", "CharRnn", "CharRnn", "overlap", False,
+           ((1e-3, 4), (1e-4, 2)),
+           ((1.86065, 1.84255), (1.68014, 1.67387), (1.58828, 1.59169), (1.52989, 1.54942),
+            (1.46841, 1.50966), (1.46482, 1.5039))),
+    Recipe("seq", "CharSeqRnn", "CharSeqRnn", "seq", False,
+           ((1e-3, 4), (1e-4, 1)),
+           ((2.59241, 2.40251), (2.28474, 2.19859), (2.13883, 2.08836), (2.04892, 2.01564),
+            (1.99819, 2.00106))),
+    Recipe("seq-identity", "CharSeqRnn, W_hh = I", "CharSeqRnn", "seq", True,
+           ((1e-2, 4), (1e-3, 4)),
+           ((2.39428, 2.21111), (2.10381, 2.03275), (1.99451, 1.96393), (1.93492, 1.91763),
+            (1.84035, 1.85742), (1.82896, 1.84887), (1.81879, 1.84281), (1.81337, 1.83801))),
+]}
+"""The notebook's runs by ``--model`` name."""
+
+LESSON_ROWS: List[str] = ["char3", "loop", "concat", "rnn", "seq", "seq-identity"]
+"""The order of the lesson's table (the notebook's order)."""
+
+
+def loss_for(model: nn.Module) -> Callable:
+    """``rnn_ext.seq_nll_loss`` for the multi-output model, ``F.nll_loss`` otherwise."""
+    return rnn_ext.seq_nll_loss if getattr(unwrap(model), "multi_output", False) else F.nll_loss
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    """``"auto"``/``None``: CUDA when available (this process's ``LOCAL_RANK`` GPU under
+    torchrun), else CPU. Otherwise ``torch.device(device)``.
+
+    Raises:
+        ValueError: a CUDA device asked for without CUDA, or an unknown device string.
+    """
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def setup_distributed(device: torch.device) -> Tuple[int, int, torch.device]:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE > 1`` in the
+    environment): NCCL on CUDA, gloo on CPU. Returns ``(rank, world_size, device)`` (on CUDA the
+    device becomes ``cuda:LOCAL_RANK``). Without torchrun: ``(0, 1, device)``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_recipe` returns: the trained model (unwrapped), its vocabulary, the
+    epochs' :class:`~rnn_ext.lesson.train.EpochStats`, the wall-clock seconds and the recipe."""
+
+    model: CharModel
+    vocab: Vocab
+    history: List[EpochStats]
+    seconds: float
+    recipe: Recipe
+    schedule: List[Tuple[float, int]] = field(default_factory=list)
+
+
+def _schedule(recipe: Recipe, lrs: Optional[Sequence[float]],
+              epochs: Optional[Sequence[int]]) -> List[Tuple[float, int]]:
+    if lrs is None and epochs is None:
+        return [tuple(p) for p in recipe.schedule]
+    if lrs is None:
+        lrs = [lr for lr, _ in recipe.schedule][: len(epochs)]
+        lrs = list(lrs) + [lrs[-1]] * (len(epochs) - len(lrs))
+    if epochs is None:
+        epochs = [n for _, n in recipe.schedule][: len(lrs)]
+        epochs = list(epochs) + [epochs[-1]] * (len(lrs) - len(epochs))
+    if len(lrs) == 1 and len(epochs) > 1:
+        lrs = list(lrs) * len(epochs)
+    if len(epochs) == 1 and len(lrs) > 1:
+        epochs = list(epochs) * len(lrs)
+    if len(lrs) != len(epochs):
+        raise ValueError(f"--lr has {len(lrs)} values and --epochs {len(epochs)}; give one "
+                         "value or one per phase")
+    for lr, n in zip(lrs, epochs):
+        if not lr > 0:
+            raise ValueError(f"--lr must be > 0, got {lr}")
+        if n < 0:
+            raise ValueError(f"--epochs must be >= 0, got {n}")
+    return [(float(lr), int(n)) for lr, n in zip(lrs, epochs)]
+
+
+def train_recipe(
+    recipe: Recipe,
+    *,
+    text: Optional[str] = None,
+    text_path: Optional[str] = None,
+    bs: Optional[int] = None,
+    lrs: Optional[Sequence[float]] = None,
+    epochs: Optional[Sequence[int]] = None,
+    device: Optional[str] = None,
+    seed: int = 42,
+    n_fac: int = N_FAC,
+    n_hidden: int = N_HIDDEN,
+    out: Optional[str] = None,
+    resume: Optional[str] = None,
+    progress: bool = True,
+    log: Optional[Callable[[str], None]] = print,
+) -> TrainResult:
+    """Train one of the notebook's runs and optionally checkpoint it after every epoch.
+
+    Args:
+        recipe: a :class:`Recipe` (see :data:`RECIPES`).
+        text / text_path: the corpus (a str, or a UTF-8 file); the bundled ``nietzsche.txt``
+            when both are ``None``.
+        bs: global batch size (split across processes under torchrun); default 512.
+        lrs, epochs: the schedule's phases (default: the recipe's); one value applies to every
+            phase.
+        device: ``"auto"`` (default), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        seed: ``torch.manual_seed(seed)`` before the weights are made; shuffles depend on it.
+        n_fac, n_hidden: model sizes (the lesson's 42, 256).
+        out: checkpoint path, written atomically after every epoch (rank 0); ``None``: none.
+        resume: a checkpoint to continue from: its weights, optimizer state, vocabulary, and
+            (unless given) its schedule, batch size, seed and text file; training continues
+            after the epochs it had done.
+        progress: tqdm bar on stderr. log: per-epoch lines (``None``: silent).
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad schedule, device, sizes or text; a resumed checkpoint of another model.
+        FileNotFoundError, CheckpointError: an unreadable ``resume`` checkpoint or text file.
+    """
+    t0 = time.perf_counter()
+    ckpt = None
+    done = 0
+    history: List[EpochStats] = []
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        info = ckpt.get("train", {})
+        if ckpt["config"].get("model") != recipe.model:
+            recipe = RECIPES.get(info.get("recipe"), recipe)
+        if lrs is None and epochs is None and info.get("schedule"):
+            sched = [tuple(p) for p in info["schedule"]]
+            lrs, epochs = [p[0] for p in sched], [p[1] for p in sched]
+        if bs is None:
+            bs = int(info.get("bs", 512))
+        if text is None and text_path is None:
+            text_path = info.get("text_path")
+        done = int(info.get("epochs_done", 0))
+        history = [EpochStats(**h) for h in info.get("history", [])]
+        n_fac, n_hidden = ckpt["config"]["n_fac"], ckpt["config"]["n_hidden"]
+    if bs is None:
+        bs = 512
+    schedule = _schedule(recipe, lrs, epochs)
+    default_run = (text is None and text_path is None and lrs is None and epochs is None
+                   and bs == 512)
+    if text is None and text_path is not None:
+        text = read_text(text_path)
+    dev = resolve_device(device)
+    rank, world, dev = setup_distributed(dev)
+    if log is not None and rank != 0:
+        log = None
+
+    torch.manual_seed(seed)
+    vocab = Vocab(list(ckpt["vocab"])) if ckpt is not None else None
+    data: LessonData = lesson_data(recipe.data, text, bs=bs, cs=recipe.cs, vocab=vocab)
+    vocab = data.vocab
+    if ckpt is not None:
+        model, _, _ = model_from_checkpoint(ckpt)
+        model.train()
+    else:
+        model = MODELS[recipe.model](len(vocab), n_fac, n_hidden)
+        if recipe.identity:
+            identity_init_(model)
+    model.vocab = vocab
+    model.to(dev)
+    inner = model
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    opt = torch.optim.Adam(model.parameters(), schedule[0][0] if schedule else 1e-3)
+    if ckpt is not None and ckpt.get("optimizer") is not None:
+        opt.load_state_dict(ckpt["optimizer"])
+    loss_fn = loss_for(inner)
+
+    if log is not None:
+        where = f"{world} processes, " if world > 1 else ""
+        log(f"{recipe.title}: {len(data.trn_x):,} training and {len(data.val_x):,} validation "
+            f"examples of {data.seq_len} characters, vocab {len(vocab)}, bs {bs}, "
+            f"{where}{dev.type}; schedule "
+            + ", ".join(f"{lr:g} x{n}" for lr, n in schedule))
+
+    def checkpoint(st: EpochStats) -> None:
+        history.append(st)
+        if out is not None and rank == 0:
+            save_checkpoint(out, inner, vocab, optimizer=opt, train={
+                "recipe": recipe.key, "schedule": [list(p) for p in schedule],
+                "epochs_done": st.epoch, "bs": bs, "seed": seed, "text_path": text_path,
+                "history": [h.as_dict() for h in history],
+            })
+
+    first = 0
+    header = True
+    for lr, n in schedule:
+        skip = min(n, max(done - first, 0))
+        first_epoch = first + skip
+        first += n
+        if n - skip == 0:
+            continue
+        set_lrs(opt, lr)
+        ref = None
+        if default_run:
+            ref = list(recipe.notebook[first_epoch:first])
+            if recipe.compare == "trn_loss":
+                ref = [(t, None) for t, _ in ref]
+        fit(model, data, n - skip, opt, loss_fn, seed=seed, epoch_offset=first_epoch,
+            notebook=ref if default_run else None, progress=progress, log=log, header=header,
+            on_epoch_end=checkpoint)
+        header = False
+    inner.eval()
+    return TrainResult(inner, vocab, history, time.perf_counter() - t0, recipe, schedule)
