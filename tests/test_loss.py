@@ -1,0 +1,447 @@
+"""Tests of rnn_ext.seq_nll_loss / seq_cross_entropy (and their modules and operators).
+
+Reference: the lesson's nll_loss_seq, i.e. F.nll_loss / F.cross_entropy on the flattened pair
+(log_probs.view(-1, C), target.transpose(0, 1).contiguous().view(-1)). Every test runs on each
+available device (CPU always; CUDA when a GPU and the CUDA kernels are present).
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rnn_ext
+
+DEVICES = ["cpu"]
+if torch.cuda.is_available() and rnn_ext.has_cuda_kernels() and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "rnn_ext::seq_nll_loss_forward", "CUDA"
+):
+    DEVICES.append(pytest.param("cuda", marks=pytest.mark.cuda))
+
+REDUCTIONS = ["none", "mean", "sum"]
+KINDS = ["nll", "ce"]
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-6)}
+
+
+def fused(kind):
+    return rnn_ext.seq_nll_loss if kind == "nll" else rnn_ext.seq_cross_entropy
+
+
+def lesson_reference(kind, inp, targ, weight=None, ignore_index=-100, reduction="mean",
+                     target_batch_first=True):
+    """The lesson's transpose-copy-flatten call (F.nll_loss or F.cross_entropy)."""
+    sl, bs, nh = inp.size()
+    t = targ.transpose(0, 1) if target_batch_first else targ
+    t = t.contiguous().view(-1)
+    loss_fn = F.nll_loss if kind == "nll" else F.cross_entropy
+    out = loss_fn(inp.contiguous().view(-1, nh), t, weight, ignore_index=ignore_index,
+                  reduction=reduction)
+    if reduction == "none":
+        out = out.view(sl, bs)
+        if target_batch_first:
+            out = out.t()
+    return out
+
+
+def make_input(kind, T, B, C, dtype, device, gen=None):
+    x = torch.randn(T, B, C, dtype=dtype, device=device, generator=gen) * 2
+    return x.log_softmax(-1) if kind == "nll" else x
+
+
+def compare(kind, x, target, weight=None, ignore_index=-100, reduction="mean",
+            target_batch_first=True, tol=None, x_ref=None):
+    """Loss and gradient of the fused op against the reference; x_ref is the input the
+    reference gets (default: a detached copy of x)."""
+    tol = tol or TOL[x.dtype]
+    x = x.detach().requires_grad_()
+    xr = (x if x_ref is None else x_ref).detach().clone().requires_grad_()
+    kw = dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
+              target_batch_first=target_batch_first)
+    out = fused(kind)(x, target, **kw)
+    ref = lesson_reference(kind, xr, target, **kw)
+    assert out.shape == ref.shape
+    assert out.dtype == x.dtype
+    torch.testing.assert_close(out, ref.to(out.dtype), equal_nan=True, **tol)
+    grad = torch.randn_like(ref)
+    (g,) = torch.autograd.grad(out, x, grad.to(out.dtype))
+    (gr,) = torch.autograd.grad(ref, xr, grad)
+    assert g.shape == x.shape
+    torch.testing.assert_close(g, gr.to(g.dtype), equal_nan=True, **tol)
+    return out, g
+
+
+def random_target(B, T, C, device, ignore_index=-100, p_ignore=0.2, batch_first=True, gen=None):
+    shape = (B, T) if batch_first else (T, B)
+    t = torch.randint(0, C, shape, generator=gen)
+    t[torch.rand(shape, generator=gen) < p_ignore] = ignore_index
+    return t.to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values and gradients against F.nll_loss / F.cross_entropy
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    T=st.integers(1, 6), B=st.integers(1, 6), C=st.integers(1, 12),
+    kind=st.sampled_from(KINDS), reduction=st.sampled_from(REDUCTIONS),
+    weighted=st.booleans(), ignore=st.sampled_from(["-100", "0", "C-1"]),
+    p_ignore=st.sampled_from([0.0, 0.3, 1.0]), batch_first=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**31 - 1),
+)
+def test_random_shapes_match_reference(T, B, C, kind, reduction, weighted, ignore, p_ignore,
+                                       batch_first, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    ignore_index = {"-100": -100, "0": 0, "C-1": C - 1}[ignore]
+    for device in [d if isinstance(d, str) else d.values[0] for d in DEVICES]:
+        x = make_input(kind, T, B, C, dtype, "cpu", gen).to(device)
+        target = random_target(B, T, C, device, ignore_index, p_ignore, batch_first, gen)
+        weight = torch.rand(C, dtype=dtype, generator=gen).to(device) if weighted else None
+        compare(kind, x, target, weight, ignore_index, reduction, batch_first)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(8, 5, 1), (1, 5, 7), (8, 1, 7), (1, 1, 1), (8, 512, 85)])
+def test_edge_shapes(device, kind, reduction, shape):
+    T, B, C = shape
+    x = make_input(kind, T, B, C, torch.float64, device)
+    target = random_target(B, T, C, device)
+    compare(kind, x, target, reduction=reduction)
+    compare(kind, x, target, weight=torch.rand(C, dtype=torch.float64, device=device),
+            reduction=reduction)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ignore_index", [-100, 0, "C-1", 3])
+def test_ignore_index(device, kind, reduction, ignore_index):
+    T, B, C = 6, 4, 5
+    ignore_index = C - 1 if ignore_index == "C-1" else ignore_index
+    x = make_input(kind, T, B, C, torch.float64, device)
+    target = random_target(B, T, C, device, ignore_index=ignore_index, p_ignore=0.4)
+    out, g = compare(kind, x, target, torch.rand(C, dtype=torch.float64, device=device),
+                     ignore_index, reduction)
+    ignored = (target == ignore_index).t()  # (T, B)
+    assert ignored.any()
+    assert (g[ignored] == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_ignored(device, kind, weighted):
+    T, B, C = 3, 4, 5
+    x = make_input(kind, T, B, C, torch.float32, device)
+    target = torch.full((B, T), -100, device=device)
+    weight = torch.rand(C, device=device) if weighted else None
+    mean, g = compare(kind, x, target, weight, reduction="mean")
+    assert math.isnan(mean.item())  # 0 / 0, as PyTorch
+    assert (g == 0).all()
+    total, _ = compare(kind, x, target, weight, reduction="sum")
+    assert total.item() == 0
+    none, _ = compare(kind, x, target, weight, reduction="none")
+    assert (none == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_total_weight_matches_pytorch(device, kind):
+    # weights zero on every class present: mean is 0 / 0 = NaN and the gradient NaN, as PyTorch.
+    T, B, C = 3, 4, 5
+    x = make_input(kind, T, B, C, torch.float64, device)
+    target = torch.randint(0, 2, (B, T), device=device)
+    weight = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0], dtype=torch.float64, device=device)
+    out, g = compare(kind, x, target, weight, reduction="mean")
+    assert math.isnan(out.item()) and g.isnan().any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_target_time_first(device, kind, reduction):
+    T, B, C = 7, 3, 6
+    x = make_input(kind, T, B, C, torch.float64, device)
+    target = random_target(B, T, C, device, batch_first=False)
+    out, _ = compare(kind, x, target, reduction=reduction, target_batch_first=False)
+    if reduction == "none":
+        assert out.shape == (T, B)
+    # the same target given batch-first gives the same loss
+    again = fused(kind)(x, target.t(), reduction=reduction)
+    torch.testing.assert_close(again, out.t() if reduction == "none" else out)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded", "classes_strided"])
+def test_non_contiguous_input(device, kind, layout):
+    T, B, C = 5, 4, 6
+    if layout == "transposed":
+        x = make_input(kind, B, T, C, torch.float64, device).transpose(0, 1)
+    elif layout == "sliced":
+        x = make_input(kind, 2 * T, B + 2, C, torch.float64, device)[::2, 1:-1]
+    elif layout == "expanded":
+        x = make_input(kind, T, 1, C, torch.float64, device).expand(T, B, C)
+    else:
+        z = torch.zeros(T, B, 2 * C, dtype=torch.float64, device=device)
+        z[..., ::2] = make_input(kind, T, B, C, torch.float64, device)
+        x = z[..., ::2]
+    assert not x.is_contiguous()
+    target = random_target(B, T, C, device)
+    for reduction in REDUCTIONS:
+        compare(kind, x, target, reduction=reduction, x_ref=x.contiguous())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded", "uint8"])
+def test_non_contiguous_target(device, kind, layout):
+    T, B, C = 5, 4, 6
+    x = make_input(kind, T, B, C, torch.float64, device)
+    if layout == "transposed":
+        target = random_target(B, T, C, device, batch_first=False).t()  # (B, T), strides (1, B)
+        assert not target.is_contiguous()
+    elif layout == "sliced":
+        target = random_target(B, 2 * T + 1, C, device)[:, 1::2]
+        assert not target.is_contiguous()
+    elif layout == "expanded":
+        target = torch.randint(0, C, (1, T), device=device).expand(B, T)
+        assert not target.is_contiguous()
+    else:
+        target = random_target(B, T, C, device, p_ignore=0.0).to(torch.uint8)
+    for reduction in REDUCTIONS:
+        compare(kind, x, target, reduction=reduction,
+                ignore_index=0 if layout == "uint8" else -100)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cross_entropy_extreme_logits(device):
+    T, B, C = 4, 3, 50
+    x = torch.randn(T, B, C, device=device) * 100  # a spread far beyond exp's float range
+    target = random_target(B, T, C, device, p_ignore=0.0)
+    x[0, 0, :] = -float("inf")  # a masked row but for the target class
+    x[0, 0, target[0, 0]] = 1.0
+    x[1, 1, ::2] = -float("inf")
+    x[1, 1, target[1, 1]] = 0.0
+    for reduction in REDUCTIONS:
+        compare("ce", x, target, reduction=reduction, tol=dict(rtol=1e-5, atol=1e-5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision(device, kind, dtype):
+    T, B, C = 6, 5, 20
+    x = make_input(kind, T, B, C, torch.float32, device)
+    target = random_target(B, T, C, device)
+    weight = torch.rand(C, device=device)
+    for reduction in REDUCTIONS:
+        xl = x.to(dtype).requires_grad_()
+        out = fused(kind)(xl, target, weight.to(dtype), reduction=reduction)
+        ref_in = xl.detach().float().requires_grad_()
+        ref = lesson_reference(kind, ref_in, target, weight.to(dtype).float(), reduction=reduction)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+        grad = torch.randn_like(ref)
+        (g,) = torch.autograd.grad(out, xl, grad.to(dtype))
+        (gr,) = torch.autograd.grad(ref, ref_in, grad)
+        torch.testing.assert_close(g.float(), gr, rtol=2e-2, atol=2e-2)
+
+
+def test_result_does_not_depend_on_thread_count():
+    T, B, C = 64, 32, 40
+    x = torch.randn(T, B, C)
+    target = random_target(B, T, C, "cpu")
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [fused(k)(x, target, reduction=r) for k in KINDS for r in ("mean", "sum")]
+        torch.set_num_threads(max(2, n))
+        many = [fused(k)(x, target, reduction=r) for k in KINDS for r in ("mean", "sum")]
+    finally:
+        torch.set_num_threads(n)
+    for a, b in zip(one, many):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_modules(device):
+    T, B, C = 5, 4, 6
+    weight = torch.rand(C, dtype=torch.float64)
+    nll = rnn_ext.SeqNLLLoss(weight=weight, ignore_index=2, reduction="sum").to(device)
+    ce = rnn_ext.SeqCrossEntropyLoss(weight=weight, ignore_index=2, reduction="sum").to(device)
+    assert "weight" in nll.state_dict() and nll.weight.device.type == torch.device(device).type
+    x = torch.randn(T, B, C, dtype=torch.float64, device=device)
+    target = random_target(B, T, C, device, ignore_index=2)
+    w = weight.to(device)
+    torch.testing.assert_close(
+        nll(x.log_softmax(-1), target),
+        lesson_reference("nll", x.log_softmax(-1), target, w, 2, "sum"))
+    torch.testing.assert_close(ce(x, target), lesson_reference("ce", x, target, w, 2, "sum"))
+    tf = rnn_ext.SeqCrossEntropyLoss(target_batch_first=False)
+    torch.testing.assert_close(tf(x, target.t()), lesson_reference("ce", x, target))
+    with pytest.raises(ValueError, match="reduction"):
+        rnn_ext.SeqNLLLoss(reduction="avg")
+
+
+# ---------------------------------------------------------------------------------------------
+# gradcheck, double backward, opcheck, torch.compile
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradcheck(device, kind, reduction):
+    T, B, C = 4, 3, 5
+    x = torch.randn(T, B, C, dtype=torch.float64, device=device, requires_grad=True)
+    target = random_target(B, T, C, device, ignore_index=1, p_ignore=0.3)
+    weight = torch.rand(C, dtype=torch.float64, device=device)
+    if kind == "nll":
+        def fn(x):
+            return rnn_ext.seq_nll_loss(x.log_softmax(-1), target, weight, 1, reduction)
+    else:
+        def fn(x):
+            return rnn_ext.seq_cross_entropy(x, target, weight, 1, reduction)
+    assert torch.autograd.gradcheck(fn, (x,))
+    # double backward (create_graph=True) differentiates a recomputation: exact
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    T, B, C = 4, 3, 5
+    target = random_target(B, T, C, device)
+    weight = torch.rand(C, device=device)
+    for reduction in REDUCTIONS:
+        for w in (None, weight):
+            lp = torch.randn(T, B, C, device=device).log_softmax(-1).requires_grad_()
+            args = (lp, target, w, -100, reduction, True)
+            torch.library.opcheck(torch.ops.rnn_ext.seq_nll_loss_forward.default, args)
+            loss, total_weight = torch.ops.rnn_ext.seq_nll_loss_forward(*args)
+            torch.library.opcheck(
+                torch.ops.rnn_ext.seq_nll_loss_backward.default,
+                (torch.randn_like(loss), lp.detach(), target, w, -100, reduction, True,
+                 total_weight))
+            x = torch.randn(T, B, C, device=device, requires_grad=True)
+            args = (x, target, w, -100, reduction, True)
+            torch.library.opcheck(torch.ops.rnn_ext.seq_cross_entropy_forward.default, args)
+            loss, lse, total_weight = torch.ops.rnn_ext.seq_cross_entropy_forward(*args)
+            torch.library.opcheck(
+                torch.ops.rnn_ext.seq_cross_entropy_backward.default,
+                (torch.randn_like(loss), x.detach(), target, w, -100, reduction, True, lse,
+                 total_weight))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph_equals_eager(device):
+    T, B, C = 5, 4, 7
+    target = random_target(B, T, C, device)
+    weight = torch.rand(C, device=device)
+
+    def step(x):
+        a = rnn_ext.seq_nll_loss(x.log_softmax(-1), target, weight)
+        b = rnn_ext.seq_cross_entropy(x, target, reduction="none").sum()
+        return a + b
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    x = torch.randn(T, B, C, device=device, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    eager = step(x)
+    eager.backward()
+    out = compiled(x2)
+    out.backward()
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(x2.grad, x.grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear errors, never a crash or a wrong number
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bad", [5, -1, 1000, -100])
+def test_target_out_of_range_names_value(device, kind, bad):
+    T, B, C = 4, 3, 5
+    x = make_input(kind, T, B, C, torch.float32, device)
+    target = random_target(B, T, C, device, p_ignore=0.0)
+    target[2, 1] = bad
+    ignore_index = -100 if bad != -100 else -1
+    with pytest.raises(IndexError, match=rf"Target {bad} is out of bounds.*target\[2, 1\]"):
+        fused(kind)(x, target, ignore_index=ignore_index)
+    with pytest.raises(IndexError, match=rf"Target {bad} is out of bounds.*target\[1, 2\]"):
+        fused(kind)(x, target.t().contiguous(), ignore_index=ignore_index,
+                    target_batch_first=False)
+    # the backward operators check too (they may be called directly)
+    good = random_target(B, T, C, device)
+    if kind == "nll":
+        _, tw = torch.ops.rnn_ext.seq_nll_loss_forward(x, good, None, -100, "mean", True)
+        with pytest.raises(IndexError, match=rf"Target {bad}"):
+            torch.ops.rnn_ext.seq_nll_loss_backward(
+                torch.tensor(1.0, device=device), x, target, None, ignore_index, "mean", True, tw)
+    else:
+        _, lse, tw = torch.ops.rnn_ext.seq_cross_entropy_forward(x, good, None, -100, "mean",
+                                                                 True)
+        with pytest.raises(IndexError, match=rf"Target {bad}"):
+            torch.ops.rnn_ext.seq_cross_entropy_backward(
+                torch.tensor(1.0, device=device), x, target, None, ignore_index, "mean", True,
+                lse, tw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_arguments(device, kind):
+    T, B, C = 4, 3, 5
+    name = "log_probs" if kind == "nll" else "logits"
+    fn = fused(kind)
+    x = make_input(kind, T, B, C, torch.float32, device)
+    target = random_target(B, T, C, device)
+    # shape mismatch: both shapes named
+    with pytest.raises(ValueError, match=r"\[3, 4\].*\[4, 3, 5\].*\[4, 3\]"):
+        fn(x, target.t().contiguous())
+    with pytest.raises(ValueError, match=r"\[4, 3\].*\[4, 3, 5\].*\[3, 5\]"):
+        fn(x, torch.zeros(3, 5, dtype=torch.long, device=device), target_batch_first=False)
+    # ranks
+    with pytest.raises(RuntimeError, match=rf"{name} of rank 3.*\[12, 5\]"):
+        fn(x.reshape(T * B, C), target)
+    # target dtype
+    for dt in (torch.int32, torch.float32):
+        with pytest.raises(RuntimeError, match="int64"):
+            fn(x, target.to(dt))
+    # input dtype
+    with pytest.raises(RuntimeError, match="floating"):
+        fn(x.to(torch.int64), target)
+    # weight shape and dtype
+    with pytest.raises(RuntimeError, match=r"weight of shape \(C,\) = \(5,\).*\[4\]"):
+        fn(x, target, torch.ones(4, device=device))
+    with pytest.raises(RuntimeError, match=r"weight.*\[1, 5\]"):
+        fn(x, target, torch.ones(1, 5, device=device))
+    with pytest.raises(RuntimeError, match="weight to have dtype"):
+        fn(x, target, torch.ones(C, dtype=torch.float64, device=device))
+    # reduction
+    with pytest.raises(ValueError, match="avg"):
+        fn(x, target, reduction="avg")
+    with pytest.raises(ValueError, match="avg"):
+        op = (torch.ops.rnn_ext.seq_nll_loss_forward if kind == "nll"
+              else torch.ops.rnn_ext.seq_cross_entropy_forward)
+        op(x, target, None, -100, "avg", True)
+    # a weight that requires grad: not differentiable, as F.nll_loss
+    with pytest.raises(RuntimeError, match="not differentiable with respect to weight"):
+        fn(x, target, torch.ones(C, device=device, requires_grad=True))
+
+
+def test_device_mismatch_is_an_error():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(RuntimeError, match="device"):
+        rnn_ext.seq_nll_loss(x, torch.zeros(3, 2, dtype=torch.long, device="cuda"))
