@@ -531,42 +531,58 @@ Plan make_plan(int64_t B, int64_t H, bool backward) {
     for (int ks = 1; ks <= 32; ks *= 2) {
       const int groups = kPersistentThreads / ks;
       for (int gj = 1; gj <= groups; gj *= 2) {
-        const int gb = groups / gj;
-        Plan p;
-        p.rb = rb;
-        p.rj = rj;
-        p.ks = ks;
-        p.gb = gb;
-        p.gj = gj;
-        p.bt = gb * rb;
-        p.jt = gj * rj;
-        // Skip tiles far larger than the problem (they only waste threads).
-        if (p.bt >= 2 * B && gb > 1) continue;
-        if (p.jt >= 2 * H && gj > 1) continue;
-        p.ldk = pad_to_bank(H, ks % 32);
-        p.ldj = ks == 1 ? p.jt : pad_to_bank(p.jt, 32 / ks);
-        p.nbt = static_cast<int>((B + p.bt - 1) / p.bt);
-        p.njt = static_cast<int>((H + p.jt - 1) / p.jt);
-        p.smem = (static_cast<size_t>(H) * p.ldj + static_cast<size_t>(p.bt) * p.ldk) *
-                 sizeof(acc_t);
-        if (p.smem > smem_max) continue;
-        const int64_t grid = static_cast<int64_t>(p.nbt) * p.njt;
-        if (grid > 4 * static_cast<int64_t>(sms)) continue;
-        int per_sm = 0;
-        C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &per_sm, fn, kPersistentThreads, p.smem));
-        if (per_sm < 1 || grid > static_cast<int64_t>(per_sm) * sms) continue;
-        // Cost of one step in per-thread operations: the dot products, the shuffle reduction,
-        // loading the state tile, times the blocks sharing one SM.
-        const double waves = std::ceil(static_cast<double>(grid) / sms);
-        int lg = 0;
-        while ((1 << lg) < ks) ++lg;
-        const double work = rb * rj * (std::ceil(static_cast<double>(H) / ks) + 2.0 * lg) +
-                            2.0 * std::ceil(static_cast<double>(p.bt) * H / kPersistentThreads);
-        p.cost = waves * work + 1e-3 * grid;  // ties: fewer blocks, a cheaper barrier
-        p.ok = true;
-        if (!best.ok || p.cost < best.cost) {
-          best = p;
+        // Padded: the leading dimensions that keep a warp's shared-memory reads on distinct
+        // banks; unpadded: less shared memory (larger H fits), some bank conflicts.
+        for (int padded = 1; padded >= 0; --padded) {
+          const int gb = groups / gj;
+          Plan p;
+          p.rb = rb;
+          p.rj = rj;
+          p.ks = ks;
+          p.gb = gb;
+          p.gj = gj;
+          p.bt = gb * rb;
+          p.jt = gj * rj;
+          // Skip tiles far larger than the problem (they only waste threads).
+          if (p.bt >= 4 * B && gb > 1) continue;
+          if (p.jt >= 4 * H && gj > 1) continue;
+          const int ldk_padded = pad_to_bank(H, ks % 32);
+          const int ldj_padded = ks > 1 ? pad_to_bank(p.jt, 32 / ks) : p.jt;
+          if (padded) {
+            p.ldk = ldk_padded;
+            p.ldj = ldj_padded;
+          } else {
+            p.ldk = static_cast<int>(H);
+            p.ldj = p.jt;
+            if (p.ldk == ldk_padded && p.ldj == ldj_padded) {
+              continue;  // the same plan as the padded one
+            }
+          }
+          p.nbt = static_cast<int>((B + p.bt - 1) / p.bt);
+          p.njt = static_cast<int>((H + p.jt - 1) / p.jt);
+          p.smem = (static_cast<size_t>(H) * p.ldj + static_cast<size_t>(p.bt) * p.ldk) *
+                   sizeof(acc_t);
+          if (p.smem > smem_max) continue;
+          const int64_t grid = static_cast<int64_t>(p.nbt) * p.njt;
+          if (grid > 4 * static_cast<int64_t>(sms)) continue;
+          int per_sm = 0;
+          C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+              &per_sm, fn, kPersistentThreads, p.smem));
+          if (per_sm < 1 || grid > static_cast<int64_t>(per_sm) * sms) continue;
+          // Cost of one step in per-thread operations: the dot products (twice when bank
+          // conflicts are likely), the shuffle reduction, loading the state tile, times the
+          // blocks sharing one SM.
+          const double waves = std::ceil(static_cast<double>(grid) / sms);
+          int lg = 0;
+          while ((1 << lg) < ks) ++lg;
+          const double dots = rb * rj * std::ceil(static_cast<double>(H) / ks);
+          const double work = dots * (padded ? 1.0 : 2.0) + rb * rj * 2.0 * lg +
+                              2.0 * std::ceil(static_cast<double>(p.bt) * H / kPersistentThreads);
+          p.cost = waves * work + 1e-3 * grid;  // ties: fewer blocks, a cheaper barrier
+          p.ok = true;
+          if (!best.ok || p.cost < best.cost) {
+            best = p;
+          }
         }
       }
     }
