@@ -167,9 +167,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="intra-op threads for every implementation (default: "
                         "torch.get_num_threads())")
     p.add_argument("--min-run-time", type=float, default=None,
-                   help="seconds of timing per implementation and round (default: 0.5, quick: 0.05)")
+                   help="seconds of timing per implementation and round (default: 0.2, quick: 0.05)")
     p.add_argument("--rounds", type=int, default=None,
-                   help="alternating measurement rounds per case (default: 3, quick: 1)")
+                   help="alternating measurement rounds per case (default: 5, quick: 1)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file to write (default: benchmarks/results/<script>_<device>.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -192,9 +192,9 @@ def resolve_common(args: argparse.Namespace, default_dtypes: str = "float32") ->
     if args.threads is None:
         args.threads = torch.get_num_threads()
     if args.min_run_time is None:
-        args.min_run_time = 0.05 if args.quick else 0.5
+        args.min_run_time = 0.05 if args.quick else 0.2
     if args.rounds is None:
-        args.rounds = 1 if args.quick else 3
+        args.rounds = 1 if args.quick else 5
 
 
 def progress(iterable: Iterable, total: Optional[int] = None, desc: str = "",

@@ -25,6 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -39,19 +40,27 @@ def _subtitle(doc: Dict[str, Any]) -> str:
 
 
 def _bars(ax, labels: List[str], series: "OrderedDict[str, List[float]]", ylabel: str,
-          styles: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
+          styles: Optional[Dict[str, Dict[str, Any]]] = None, ratio: bool = False) -> None:
     """Grouped bars: one group per label, one bar per series; ``styles`` maps a series name to
-    ``ax.bar`` keyword arguments (colour, alpha)."""
+    ``ax.bar`` keyword arguments (colour, alpha). ``ratio``: a log2 axis with bars drawn from
+    1 (up for a speed-up, down for a slow-down)."""
     n = max(len(series), 1)
     width = 0.8 / n
     for k, (name, vals) in enumerate(series.items()):
         xs = [i + (k - (n - 1) / 2) * width for i in range(len(labels))]
-        bars = ax.bar(xs, [v if v is not None else 0 for v in vals], width, label=name,
-                      **(styles or {}).get(name, {}))
-        for b, v in zip(bars, vals):
+        ok = [v if v is not None else (1.0 if ratio else 0.0) for v in vals]
+        if ratio:
+            bars = ax.bar(xs, [v - 1 for v in ok], width, bottom=1, label=name,
+                          **(styles or {}).get(name, {}))
+        else:
+            bars = ax.bar(xs, ok, width, label=name, **(styles or {}).get(name, {}))
+        for x, v in zip(xs, vals):
             if v is not None:
-                ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                            ha="center", va="bottom", fontsize=6)
+                ax.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom" if v >= 1 or not ratio
+                            else "top", fontsize=6)
+    if ratio:
+        ax.set_yscale("log", base=2)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}"))
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
@@ -80,7 +89,8 @@ def plot_rnn(doc: Dict[str, Any], out: Path) -> List[Path]:
             styles[f"{i} fwd"] = {"color": colour[i], "alpha": 0.45}
             styles[f"{i} fwd+bwd"] = {"color": colour[i]}
             styles[i] = {"color": colour[i]}
-        _bars(ax1, labels, series, f"speed-up over {rs[0]['baseline']} (x)", styles)
+        _bars(ax1, labels, series, f"speed-up over {rs[0]['baseline']} (x, log scale)", styles,
+              ratio=True)
         for k, l in enumerate(labels):
             t = by.get((l, "rnn_ext"), {}).get("target")
             if t:
@@ -115,7 +125,7 @@ def plot_loss(doc: Dict[str, Any], out: Path) -> List[Path]:
     series = OrderedDict((i, [by.get((l, i), {}).get("speedup_fwd_bwd") for l in labels])
                          for i in impls)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    _bars(ax, labels, series, "fwd+bwd speed-up over baseline (x)")
+    _bars(ax, labels, series, "fwd+bwd speed-up over baseline (x, log scale)", ratio=True)
     ax.set_title("Sequence NLL / cross-entropy (baselines: the lesson's nll_loss_seq, "
                  f"F.cross_entropy)\n{_subtitle(doc)}", fontsize=9)
     fig.tight_layout()

@@ -58,6 +58,20 @@ def _machine(doc: Dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _busy_warning(doc: Dict[str, Any]) -> List[str]:
+    """A warning paragraph when the machine was busy during the run (1-minute load average,
+    at start or end, above half its logical CPUs), else nothing."""
+    m = doc["machine"]
+    loads = [x[0] for x in (m.get("load_average"), doc.get("load_average_at_end")) if x]
+    cpus = m.get("logical_cpus") or 1
+    if not loads or max(loads) <= cpus / 2:
+        return []
+    return [f"**Caution:** the machine was busy during this run (load average up to "
+            f"{max(loads):.1f} on {cpus} logical CPUs: other work ran beside it); timings "
+            "are distorted, in either direction. Re-run on a quiet machine before quoting "
+            "these numbers.", ""]
+
+
 def _rel(p: Path) -> str:
     """``p`` relative to the repository root (as README links need), else as given."""
     try:
@@ -73,6 +87,7 @@ def section_rnn(doc: Dict[str, Any], path: Path) -> List[str]:
            f"Median ± half the inter-quartile range over {doc['settings'].get('rounds')} "
            "alternating rounds; speed-up = baseline median / rnn_ext median; peak memory of a "
            "training step (forward + backward).", ""]
+    out += _busy_warning(doc)
     rows = doc["results"]
     cuda = dev == "cuda"
     targeted = [r for r in rows if r.get("target") and "fwd_bwd" in r]
@@ -131,8 +146,9 @@ def section_loss(doc: Dict[str, Any], path: Path) -> List[str]:
     out = [f"### Sequence losses ({doc['device']})", "",
            f"From [`{_rel(path)}`]({_rel(path)}): {_machine(doc)}. Baselines: the notebook's "
            "`nll_loss_seq` (transpose, copy, flatten, `F.nll_loss`) for log-probabilities, "
-           "`F.cross_entropy` for logits.", "",
-           "| shape (T, B, C) | dtype | input | implementation | forward | forward+backward | "
+           "`F.cross_entropy` for logits.", ""]
+    out += _busy_warning(doc)
+    out += ["| shape (T, B, C) | dtype | input | implementation | forward | forward+backward | "
            "speed-up fwd | speed-up fwd+bwd | peak memory (ratio) |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
@@ -154,6 +170,7 @@ def section_train(doc: Dict[str, Any], path: Path) -> List[str]:
     out = [f"### Lesson 6 training throughput ({doc['device']})", "",
            f"From [`{_rel(path)}`]({_rel(path)}): {_machine(doc)}. One step = zero_grad, "
            "forward, loss, backward, Adam step; bs 512, n_fac 42, n_hidden 256.", ""]
+    out += _busy_warning(doc)
     if not doc["results"]:
         return out + [f"No results: {doc['settings'].get('skipped')}.", ""]
     out += ["| model | implementation | loss | step | characters/s | s/epoch (estimated"
