@@ -109,14 +109,25 @@ def run_model(name: str, text: str, args) -> List[Dict[str, Any]]:
 
     steps = {k: make_step(m, losses[k][1]) for k, m in variants.items()}
     # Same weights and batch: the first losses must agree (a check that both train one model).
-    first = {k: float(s().detach()) for k, s in steps.items()}
+    first: Dict[str, float] = {}
+    errors: Dict[str, str] = {}
+    for k, s in list(steps.items()):
+        try:
+            first[k] = float(s().detach())
+        except Exception as e:  # noqa: BLE001 - recorded in the JSON, the run goes on
+            errors[k] = f"{type(e).__name__}: {e}"[:500]
+            del steps[k]
     timed = common.time_interleaved(steps, args.device, args.threads, args.min_run_time,
                                     args.rounds)
     rows = []
+    info = {"bs": args.bs, "cs": cs, "n_fac": args.n_fac, "n_hidden": args.n_hidden,
+            "vocab_size": vocab_size, "train_windows": len(trn), "batches_per_epoch": n_batches}
     for k in variants:
-        r = {"model": name, "impl": k, "baseline": "torch", "loss": losses[k][0],
-             "bs": args.bs, "cs": cs, "n_fac": args.n_fac, "n_hidden": args.n_hidden,
-             "vocab_size": vocab_size, "train_windows": len(trn), "batches_per_epoch": n_batches,
+        if k in errors:
+            rows.append({"model": name, "impl": k, "baseline": "torch", "loss": losses[k][0],
+                         **info, "error": errors[k]})
+            continue
+        r = {"model": name, "impl": k, "baseline": "torch", "loss": losses[k][0], **info,
              "first_loss": first[k], "step": timed[k]}
         r["chars_per_s"] = args.bs * cs / timed[k]["median_s"]
         r["epoch_s_estimated"] = n_batches * timed[k]["median_s"]
@@ -126,7 +137,7 @@ def run_model(name: str, text: str, args) -> List[Dict[str, Any]]:
         r["peak_memory_bytes"] = common.peak_memory_bytes(steps[k], args.device)
         rows.append(r)
     if args.epochs:
-        wall = {k: [] for k in variants}
+        wall: Dict[str, List[float]] = {k: [] for k in steps}
         prev = torch.get_num_threads()
         torch.set_num_threads(args.threads)
         try:
@@ -140,12 +151,14 @@ def run_model(name: str, text: str, args) -> List[Dict[str, Any]]:
                     wall[k].append(time.perf_counter() - t0)
         finally:
             torch.set_num_threads(prev)
-        for r in rows:
+        for r in (r for r in rows if r["impl"] in wall):
             r["epoch_s_measured"] = wall[r["impl"]]
             r["chars_per_s_measured_epoch"] = len(trn) * cs / (sum(wall[r["impl"]])
                                                                / len(wall[r["impl"]]))
-    base = rows[0]
+    base = next((r for r in rows if r["impl"] == "torch" and "step" in r), None)
     for r in rows:
+        if "step" not in r or base is None:
+            continue
         r["speedup_step"] = base["step"]["median_s"] / r["step"]["median_s"]
         r["memory_ratio"] = (r["peak_memory_bytes"] / base["peak_memory_bytes"]
                              if base["peak_memory_bytes"] else None)
@@ -202,6 +215,9 @@ def main(argv: Optional[List[str]] = None) -> Path:
     if skipped:
         print(skipped)
     for r in results:
+        if "step" not in r:
+            print(f"{r['model']:10} {r['impl']:8} {r.get('error')}")
+            continue
         print(f"{r['model']:10} {r['impl']:8} step {common.fmt_time(r['step']['median_s']):>10} "
               f"{r['chars_per_s']:,.0f} chars/s epoch ~{r['epoch_s_estimated']:.1f} s "
               f"x{r['speedup_step']:.2f} mem {common.fmt_bytes(r['peak_memory_bytes'])}")

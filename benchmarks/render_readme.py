@@ -169,7 +169,9 @@ def section_loss(doc: Dict[str, Any], path: Path) -> List[str]:
 def section_train(doc: Dict[str, Any], path: Path) -> List[str]:
     out = [f"### Lesson 6 training throughput ({doc['device']})", "",
            f"From [`{_rel(path)}`]({_rel(path)}): {_machine(doc)}. One step = zero_grad, "
-           "forward, loss, backward, Adam step; bs 512, n_fac 42, n_hidden 256.", ""]
+           "forward, loss, backward, Adam step; "
+           + ", ".join(f"{k} {doc['settings'].get(k)}" for k in ("bs", "n_fac", "n_hidden"))
+           + ".", ""]
     out += _busy_warning(doc)
     if not doc["results"]:
         return out + [f"No results: {doc['settings'].get('skipped')}.", ""]
@@ -177,6 +179,10 @@ def section_train(doc: Dict[str, Any], path: Path) -> List[str]:
             " / measured) | speed-up | peak memory (ratio) |",
             "|---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
+        if "step" not in r:
+            out.append(f"| {r['model']} | {IMPL_NAMES.get(r['impl'], r['impl'])} | {r['loss']} | "
+                       f"{r.get('error', '')} | | | | |")
+            continue
         meas = r.get("epoch_s_measured")
         meas_s = " / " + ", ".join(f"{v:.1f}" for v in meas) if meas else ""
         out.append(f"| {r['model']} | {IMPL_NAMES.get(r['impl'], r['impl'])} | {r['loss']} | "
