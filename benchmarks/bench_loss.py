@@ -152,8 +152,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
                 "rounds": args.rounds, "dtypes": args.dtypes,
                 "shapes": [dict(zip(("group", "T", "B", "C"), s)) for s in shapes]}
     methods = {
-        "timing": "torch.utils.benchmark.Timer(num_threads=threads).blocked_autorange"
-                  if args.device == "cpu" else "CUDA events around each call after warm-up",
+        "timing": common.TIMING_METHOD[args.device],
         "forward": "loss(x, target) under torch.no_grad()",
         "fwd_bwd": "torch.autograd.grad(loss(x, target), [x])",
         "peak_memory": common.PEAK_MEMORY_METHOD[args.device],

@@ -407,8 +407,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
                 "rounds": args.rounds, "dtypes": args.dtypes, "tf32": args.tf32,
                 "flashrnn": flash_status, "shapes": [asdict(s) for s in shapes]}
     methods = {
-        "timing": "torch.utils.benchmark.Timer(num_threads=threads).blocked_autorange"
-                  if args.device == "cpu" else "CUDA events around each call after warm-up",
+        "timing": common.TIMING_METHOD[args.device],
         "rounds": "implementations measured in alternating rounds; stats over all measurements",
         "forward": "module(x) under torch.no_grad(), h_0 omitted (zeros)",
         "fwd_bwd": "out, h_n = module(x); torch.autograd.grad((out, h_n), [x, *parameters], "

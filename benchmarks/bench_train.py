@@ -202,9 +202,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
                 "n_hidden": args.n_hidden, "epochs": args.epochs, "text_chars": len(text),
                 "skipped": skipped}
     methods = {
-        "step": "zero_grad, forward, loss, backward, Adam.step on the next batch; "
-                + ("torch.utils.benchmark.Timer(num_threads=threads).blocked_autorange"
-                   if args.device == "cpu" else "CUDA events around each step"),
+        "step": "zero_grad, forward, loss, backward, Adam.step on the next batch",
+        "timing": common.TIMING_METHOD[args.device],
         "chars_per_s": "bs * 8 input characters / median step time",
         "epoch_s_estimated": "batches per epoch * median step time",
         "epoch_s_measured": "wall clock of whole epochs (--epochs), variants alternating",

@@ -11,9 +11,10 @@ so that ``plot_results.py`` and ``render_readme.py`` read them all the same way.
 Timing (:func:`time_interleaved`):
 
 - CPU: :class:`torch.utils.benchmark.Timer` with ``num_threads=N`` (the same N for every
-  implementation; N = ``torch.get_num_threads()`` unless ``--threads`` says otherwise) and
-  ``blocked_autorange``: each measurement is the mean of a block of calls, blocks sized so one
-  block is long against the timer's resolution.
+  implementation; N = ``torch.get_num_threads()`` unless ``--threads`` says otherwise):
+  ``blocked_autorange`` in the first round (it chooses the block size, so that one block is
+  long against the timer's resolution), ``timeit(block size)`` in the later rounds; each
+  measurement is the mean time per call of one block.
 - CUDA: CUDA events recorded on the current stream around each call
   (``torch.cuda.Event(enable_timing=True)``), after warm-up; ``torch.cuda.synchronize()`` before
   reading them. This times the device work of one call plus any launch gaps inside it.
@@ -49,7 +50,7 @@ import subprocess
 import sys
 import timeit
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -216,12 +217,24 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _times_cpu(fn: Callable[[], Any], num_threads: int, min_run_time: float) -> List[float]:
+def _times_cpu(fn: Callable[[], Any], num_threads: int, min_run_time: float,
+               number: Optional[int] = None) -> Tuple[List[float], int]:
+    """Seconds per call of blocks of ``number`` calls for at least ``min_run_time`` seconds.
+
+    Without ``number``, ``Timer.blocked_autorange`` chooses it (its calibration doubles as a
+    warm-up); later rounds pass the number back to skip the calibration. Returns (times, number).
+    """
     from torch.utils.benchmark import Timer
 
-    m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=num_threads).blocked_autorange(
-        min_run_time=min_run_time)
-    return [float(t) for t in m.times]
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=num_threads)
+    if number is None:
+        m = timer.blocked_autorange(min_run_time=min_run_time)
+        return [float(t) for t in m.times], int(m.number_per_run)
+    times: List[float] = []
+    t0 = timeit.default_timer()
+    while not times or timeit.default_timer() - t0 < min_run_time:
+        times += [float(t) for t in timer.timeit(number).times]
+    return times, number
 
 
 def _times_cuda(fn: Callable[[], Any], min_run_time: float) -> List[float]:
@@ -270,6 +283,7 @@ def time_interleaved(cases: Dict[str, Callable[[], Any]], device: str, num_threa
     """
     contexts = contexts or {}
     times: Dict[str, List[float]] = {k: [] for k in cases}
+    numbers: Dict[str, Optional[int]] = {k: None for k in cases}
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     try:
@@ -284,7 +298,9 @@ def time_interleaved(cases: Dict[str, Callable[[], Any]], device: str, num_threa
                     if device == "cuda":
                         times[name] += _times_cuda(fn, min_run_time)
                     else:
-                        times[name] += _times_cpu(fn, num_threads, min_run_time)
+                        t, numbers[name] = _times_cpu(fn, num_threads, min_run_time,
+                                                      numbers[name])
+                        times[name] += t
     finally:
         torch.set_num_threads(prev_threads)
     return {k: stats(v) for k, v in times.items()}
@@ -292,6 +308,14 @@ def time_interleaved(cases: Dict[str, Callable[[], Any]], device: str, num_threa
 
 # ---------------------------------------------------------------------------------------------
 # Peak memory
+
+TIMING_METHOD = {
+    "cpu": "torch.utils.benchmark.Timer(num_threads=threads): blocked_autorange in the first "
+           "round, timeit(its block size) in later rounds; one measurement = mean time per call "
+           "of one block; implementations alternate round by round",
+    "cuda": "CUDA events recorded around each call after warm-up, synchronised once per round; "
+            "implementations alternate round by round",
+}
 
 PEAK_MEMORY_METHOD = {
     "cuda": "torch.cuda.max_memory_allocated() after reset_peak_memory_stats(), minus "
