@@ -142,7 +142,7 @@ def plot_train(doc: Dict[str, Any], out: Path) -> List[Path]:
     labels = list(OrderedDict.fromkeys(r["model"] for r in rows))
     impls = list(OrderedDict.fromkeys(r["impl"] for r in rows))
     by = {(r["model"], r["impl"]): r for r in rows}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     n = len(impls)
     for k, i in enumerate(impls):
         vals = [by.get((l, i), {}).get("chars_per_s", 0) / 1e3 for l in labels]
