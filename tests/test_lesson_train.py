@@ -187,9 +187,9 @@ def test_checkpoint_cannot_run_code(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     rec = RECIPES["seq-identity"]
     kw = dict(text=TEXT, bs=64, n_fac=8, n_hidden=24, progress=False, log=None, device="cpu")
-    full = train_recipe(rec, epochs=[3], out=str(tmp_path / "full.pt"), **kw)
-    part = train_recipe(rec, epochs=[1], out=str(tmp_path / "part.pt"), **kw)
-    resumed = train_recipe(rec, epochs=[3], out=str(tmp_path / "part.pt"),
+    full = train_recipe(rec, lrs=[0.01], epochs=[3], out=str(tmp_path / "full.pt"), **kw)
+    part = train_recipe(rec, lrs=[0.01], epochs=[1], out=str(tmp_path / "part.pt"), **kw)
+    resumed = train_recipe(rec, lrs=[0.01], epochs=[3], out=str(tmp_path / "part.pt"),
                            resume=str(tmp_path / "part.pt"), **kw)
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
     assert resumed.history[0] == part.history[0]

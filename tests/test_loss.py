@@ -352,7 +352,7 @@ def test_torch_compile_fullgraph_equals_eager(device):
         b = rnn_ext.seq_cross_entropy(x, target, reduction="none").sum()
         return a + b
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(step, fullgraph=True)
     x = torch.randn(T, B, C, device=device, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
     eager = step(x)

@@ -7,7 +7,7 @@
 // need a unit stride along C, and copy the input only when it lacks one).
 //
 //   NLL forward      one gather per row; loss per row (none) or partial sums (mean / sum).
-//   NLL backward     one pass writing each row of the gradient: zeros and the one nonzero.
+//   NLL backward     one pass writing the gradient: zeros and each row's one nonzero.
 //   CE forward       per row: max, sum of exp(x - max), lse = max + log(sum), loss; lse saved.
 //   CE backward      per row: grad = c * (onehot - exp(x - lse)), from logits and lse only.
 // Rows run in parallel (at::parallel_for) in blocks of a fixed size; the partial sums of the
@@ -57,7 +57,10 @@ int64_t rows_per_block(int64_t elements_per_row) {
 // vectorises the loops (std::exp is a library call it cannot vectorise without -ffast-math).
 
 // exp(x) for the x <= 0 this file needs (x - max, x - lse): relative error about 2e-7
-// (2^n * Taylor of degree 7 on |r| <= ln2/2); 0 below -87 (true value < 1.7e-38); NaN stays NaN.
+// (2^n * Taylor of degree 7 on |r| <= ln2/2); 0 below -87 (true value < 1.7e-38); x > 0 is
+// clamped to 0 (never happens with a consistent lse). NaN stays NaN: it flows through the
+// polynomial (the float -> int conversion of NaN gives the "integer indefinite" value on x86,
+// which only scales the NaN).
 // Always inlined: the multi-versioned row functions below must inline it to vectorise it.
 #if defined(__GNUC__)
 __attribute__((always_inline))
@@ -68,9 +71,8 @@ inline float exp_nonpositive(float x) {
   constexpr float kLn2Lo = 1.42860682030941723212e-6f;
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds
   float xc = x < -87.0f ? -87.0f : x;
-  xc = xc > 88.0f ? 88.0f : xc;
-  xc = xc == xc ? xc : 0.0f;  // NaN -> 0 here, restored below
-  const float n = (xc * kLog2e + kRound) - kRound;
+  xc = xc > 0.0f ? 0.0f : xc;
+  const float n = (xc * kLog2e + kRound) - kRound;  // in [-126, 0]
   const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
   float p = 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
@@ -84,8 +86,7 @@ inline float exp_nonpositive(float x) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  const float e = p * scale;
-  return x < -87.0f ? 0.0f : (x == x ? e : x);
+  return x < -87.0f ? 0.0f : p * scale;
 }
 
 // The float rows are walked in blocks of kLanes with fixed-size inner loops (which the compiler
@@ -111,10 +112,12 @@ RNN_EXT_ROW_CLONES float row_logsumexp(const float* x, int64_t C) {
       mv[k] = x[i + k] > mv[k] ? x[i + k] : mv[k];
     }
   }
-  float m = kNegInf;
-  for (int64_t k = 0; k < kLanes; ++k) {
-    m = mv[k] > m ? mv[k] : m;
+  for (int64_t w = kLanes / 2; w > 0; w /= 2) {  // lanes pairwise: a tree, not a chain
+    for (int64_t k = 0; k < w; ++k) {
+      mv[k] = mv[k + w] > mv[k] ? mv[k + w] : mv[k];
+    }
   }
+  const float m = mv[0];
   if (std::isinf(m)) {
     // All -inf (lse -inf, loss NaN or inf as in PyTorch) or a +inf (NaN): leave it to libm.
     double s = 0;
@@ -134,11 +137,12 @@ RNN_EXT_ROW_CLONES float row_logsumexp(const float* x, int64_t C) {
       sv[k] += exp_nonpositive(x[i + k] - m);
     }
   }
-  float s = 0;
-  for (int64_t k = 0; k < kLanes; ++k) {
-    s += sv[k];
+  for (int64_t w = kLanes / 2; w > 0; w /= 2) {
+    for (int64_t k = 0; k < w; ++k) {
+      sv[k] += sv[k + w];
+    }
   }
-  return m + std::log(s);
+  return m + std::log(sv[0]);
 }
 
 // grad[i] = c * ([i == y] - exp(x[i] - lse)) for one contiguous row.
@@ -238,7 +242,21 @@ struct BadRow {
   }
 };
 
-// Runs row_fn(t, b, r) -> (loss, weight) over all rows, in fixed blocks, in parallel; writes the
+// Calls f(t, b, r) for rows r in [r0, r1), r = t * B + b, keeping (t, b) as counters (a 64-bit
+// division per row costs more than a short row's work).
+template <typename F>
+inline void for_rows(int64_t r0, int64_t r1, int64_t B, const F& f) {
+  int64_t t = r0 / B, b = r0 % B;
+  for (int64_t r = r0; r < r1; ++r) {
+    f(t, b, r);
+    if (++b == B) {
+      b = 0;
+      ++t;
+    }
+  }
+}
+
+// Runs row_fn(t, b, r, buf) -> (loss, weight) over all rows, in fixed blocks, in parallel; writes the
 // per-row loss at the target's position (reduction none) or returns the sums of loss and weight
 // (always the weight sum: total_weight). row_fn returns weight 0 for ignored rows.
 template <typename scalar_t, typename RowFn>
@@ -250,19 +268,19 @@ std::pair<double, double> for_each_row(const SeqLossSizes& s, int64_t elements_p
   const int64_t n_blocks = (rows + block - 1) / block;
   std::vector<double> loss_sum(n_blocks, 0.0), weight_sum(n_blocks, 0.0);
   at::parallel_for(0, n_blocks, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<at::opmath_type<scalar_t>> buf;  // a row converted to float, for half / bf16
     for (int64_t k = k0; k < k1; ++k) {
       double ls = 0, ws = 0;
       const int64_t r1 = std::min(rows, (k + 1) * block);
-      for (int64_t r = k * block; r < r1; ++r) {
-        const int64_t t = r / s.B, b = r % s.B;
-        const auto [loss, w] = row_fn(t, b, r);
+      for_rows(k * block, r1, s.B, [&](int64_t t, int64_t b, int64_t r) {
+        const auto [loss, w] = row_fn(t, b, r, buf);
         if (reduction == Reduction::None) {
           loss_none[target_batch_first ? b * s.T + t : r] = static_cast<scalar_t>(loss);
         } else {
           ls += static_cast<double>(loss);
         }
         ws += static_cast<double>(w);
-      }
+      });
       loss_sum[k] = ls;
       weight_sum[k] = ws;
     }
@@ -286,13 +304,16 @@ std::tuple<at::Tensor, at::Tensor> make_outputs(const at::Tensor& input, const S
   return {loss, total_weight};
 }
 
+template <typename scalar_t>
 void finish_outputs(at::Tensor& loss, at::Tensor& total_weight, Reduction reduction,
                     double loss_sum, double weight_sum) {
-  total_weight.fill_(weight_sum);
+  using acc_t = at::opmath_type<scalar_t>;  // the statistics dtype
+  *total_weight.mutable_data_ptr<acc_t>() = static_cast<acc_t>(weight_sum);
   if (reduction == Reduction::Sum) {
-    loss.fill_(loss_sum);
+    *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(loss_sum);
   } else if (reduction == Reduction::Mean) {
-    loss.fill_(loss_sum / weight_sum);  // 0 / 0 = NaN when every target is ignored, as PyTorch
+    // 0 / 0 = NaN when every target is ignored, as PyTorch
+    *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(loss_sum / weight_sum);
   }
 }
 
@@ -317,7 +338,6 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_cpu(
   const SeqLossSizes s =
       check_seq_loss_args(op, "log_probs", log_probs, target, weight, target_batch_first);
   auto [loss, total_weight] = make_outputs(log_probs, s, reduction, target_batch_first);
-  std::pair<double, double> sums{0.0, 0.0};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, log_probs.scalar_type(), "seq_nll_loss_forward_cpu", [&] {
         RNN_EXT_DISPATCH_TARGET(target, "seq_nll_loss_forward_cpu", [&] {
@@ -327,10 +347,11 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_cpu(
           const int64_t st = log_probs.stride(0), sb = log_probs.stride(1),
                         sc = log_probs.stride(2);
           BadRow bad;
-          sums = for_each_row<scalar_t>(
+          const auto sums = for_each_row<scalar_t>(
               s, 1, target_batch_first, reduction,
               reduction == Reduction::None ? loss.mutable_data_ptr<scalar_t>() : nullptr,
-              [&](int64_t t, int64_t b, int64_t r) -> std::pair<acc_t, acc_t> {
+              [&](int64_t t, int64_t b, int64_t r,
+                  std::vector<acc_t>& /*buf*/) -> std::pair<acc_t, acc_t> {
                 const int64_t y = rt.y(t, b);
                 if (rt.ignored(y)) {
                   return {acc_t(0), acc_t(0)};
@@ -343,9 +364,9 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_cpu(
                 return {seq_nll_row_loss(acc_t(lp[t * st + b * sb + y * sc]), w), w};
               });
           bad.raise_if_any(op, rt, target_batch_first);
+          finish_outputs<scalar_t>(loss, total_weight, reduction, sums.first, sums.second);
         });
       });
-  finish_outputs(loss, total_weight, reduction, sums.first, sums.second);
   return {loss, total_weight};
 }
 
@@ -398,20 +419,20 @@ at::Tensor seq_nll_loss_backward_cpu(
           scalar_t* g = grad.mutable_data_ptr<scalar_t>();
           BadRow bad;
           at::parallel_for(0, s.T * s.B, rows_per_block(s.C), [&](int64_t r0, int64_t r1) {
-            for (int64_t r = r0; r < r1; ++r) {
-              const int64_t t = r / s.B, b = r % s.B;
-              scalar_t* row = g + r * s.C;
-              std::fill(row, row + s.C, scalar_t(0));
+            // the rows of a task are contiguous in grad: one fill (still in cache), then the
+            // one nonzero of each row
+            std::fill(g + r0 * s.C, g + r1 * s.C, scalar_t(0));
+            for_rows(r0, r1, s.B, [&](int64_t t, int64_t b, int64_t r) {
               const int64_t y = rt.y(t, b);
               if (rt.ignored(y)) {
-                continue;
+                return;
               }
               if (!seq_target_in_range(y, s.C)) {
                 bad.record(r);
-                continue;
+                return;
               }
-              row[y] = static_cast<scalar_t>(rt.w(y) * gs(t, b));
-            }
+              g[r * s.C + y] = static_cast<scalar_t>(rt.w(y) * gs(t, b));
+            });
           });
           bad.raise_if_any(op, rt, target_batch_first);
         });
@@ -467,7 +488,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
   auto [loss, total_weight] = make_outputs(logits_in, s, reduction, target_batch_first);
   auto lse = at::empty({s.T, s.B}, total_weight.options());
   const at::Tensor logits = rows_contiguous(logits_in);
-  std::pair<double, double> sums{0.0, 0.0};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, logits.scalar_type(), "seq_cross_entropy_forward_cpu", [&] {
         RNN_EXT_DISPATCH_TARGET(target, "seq_cross_entropy_forward_cpu", [&] {
@@ -477,11 +497,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
           const int64_t st = logits.stride(0), sb = logits.stride(1);
           acc_t* lse_p = lse.mutable_data_ptr<acc_t>();
           BadRow bad;
-          sums = for_each_row<scalar_t>(
+          const auto sums = for_each_row<scalar_t>(
               s, s.C, target_batch_first, reduction,
               reduction == Reduction::None ? loss.mutable_data_ptr<scalar_t>() : nullptr,
-              [&](int64_t t, int64_t b, int64_t r) -> std::pair<acc_t, acc_t> {
-                thread_local std::vector<acc_t> buf;
+              [&](int64_t t, int64_t b, int64_t r,
+                  std::vector<acc_t>& buf) -> std::pair<acc_t, acc_t> {
                 const scalar_t* row = x + t * st + b * sb;
                 acc_t l = s.C > 0 ? row_logsumexp(row_as_acc<scalar_t, acc_t>(row, s.C, buf), s.C)
                                   : -std::numeric_limits<acc_t>::infinity();
@@ -498,9 +518,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
                 return {seq_ce_row_loss(l, acc_t(row[y]), w), w};
               });
           bad.raise_if_any(op, rt, target_batch_first);
+          finish_outputs<scalar_t>(loss, total_weight, reduction, sums.first, sums.second);
         });
       });
-  finish_outputs(loss, total_weight, reduction, sums.first, sums.second);
   return {loss, lse, total_weight};
 }
 
@@ -534,24 +554,23 @@ at::Tensor seq_cross_entropy_backward_cpu(
           BadRow bad;
           at::parallel_for(0, s.T * s.B, rows_per_block(s.C), [&](int64_t r0, int64_t r1) {
             std::vector<acc_t> xbuf, gbuf;
-            for (int64_t r = r0; r < r1; ++r) {
-              const int64_t t = r / s.B, b = r % s.B;
+            for_rows(r0, r1, s.B, [&](int64_t t, int64_t b, int64_t r) {
               scalar_t* grow = g + r * s.C;
               const int64_t y = rt.y(t, b);
               if (rt.ignored(y)) {
                 std::fill(grow, grow + s.C, scalar_t(0));
-                continue;
+                return;
               }
               if (!seq_target_in_range(y, s.C)) {
                 bad.record(r);
                 std::fill(grow, grow + s.C, scalar_t(0));
-                continue;
+                return;
               }
               const acc_t c = rt.w(y) * gs(t, b);
               const acc_t l = lse_p[t * lse_st + b * lse_sb];
               const acc_t* xrow = row_as_acc<scalar_t, acc_t>(x + t * st + b * sb, s.C, xbuf);
               row_ce_grad_any(grow, xrow, s.C, l, c, y, gbuf);
-            }
+            });
           });
           bad.raise_if_any(op, rt, target_batch_first);
         });

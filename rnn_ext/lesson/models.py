@@ -283,7 +283,7 @@ def identity_init_(model: _RnnModel) -> _RnnModel:
     Raises:
         TypeError: the model has no ``rnn`` (only CharRnn and CharSeqRnn have one).
     """
-    if not isinstance(getattr(model, "rnn", None), nn.RNN):
+    if not isinstance(getattr(getattr(model, "rnn", None), "weight_hh_l0", None), Tensor):
         raise TypeError(f"identity_init_: {type(model).__name__} has no .rnn to initialise")
     with torch.no_grad():
         model.rnn.weight_hh_l0.copy_(torch.eye(model.n_hidden))

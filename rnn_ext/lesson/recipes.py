@@ -145,21 +145,34 @@ class TrainResult:
 
 def _schedule(recipe: Recipe, lrs: Optional[Sequence[float]],
               epochs: Optional[Sequence[int]]) -> List[Tuple[float, int]]:
-    if lrs is None and epochs is None:
-        return [tuple(p) for p in recipe.schedule]
-    if lrs is None:
-        lrs = [lr for lr, _ in recipe.schedule][: len(epochs)]
-        lrs = list(lrs) + [lrs[-1]] * (len(epochs) - len(lrs))
-    if epochs is None:
-        epochs = [n for _, n in recipe.schedule][: len(lrs)]
-        epochs = list(epochs) + [epochs[-1]] * (len(lrs) - len(epochs))
-    if len(lrs) == 1 and len(epochs) > 1:
-        lrs = list(lrs) * len(epochs)
-    if len(epochs) == 1 and len(lrs) > 1:
-        epochs = list(epochs) * len(lrs)
+    """The phases ``[(lr, epochs), ...]``: the recipe's, with ``lrs`` / ``epochs`` replacing its
+    rates / epoch counts (one value applies to every phase; otherwise one per phase)."""
+    given = "--lr" if lrs is not None else "--epochs"
+    base_lrs = [lr for lr, _ in recipe.schedule]
+    base_eps = [n for _, n in recipe.schedule]
+    lrs = list(lrs) if lrs is not None else None
+    epochs = list(epochs) if epochs is not None else None
+    if lrs is not None and epochs is not None:
+        if len(lrs) == 1:
+            lrs = lrs * len(epochs)
+        if len(epochs) == 1:
+            epochs = epochs * len(lrs)
+    else:
+        if lrs is None:
+            lrs = base_lrs
+        if epochs is None:
+            epochs = base_eps
+        if len(lrs) == 1:
+            lrs = lrs * len(epochs)
+        if len(epochs) == 1:
+            epochs = epochs * len(lrs)
     if len(lrs) != len(epochs):
-        raise ValueError(f"--lr has {len(lrs)} values and --epochs {len(epochs)}; give one "
-                         "value or one per phase")
+        if given == "--lr" and len(lrs) != len(base_lrs) and epochs is not base_eps:
+            raise ValueError(f"--lr has {len(lrs)} values and --epochs {len(epochs)}; give one "
+                             "value or one per phase")
+        n = len(lrs) if given == "--lr" else len(epochs)
+        raise ValueError(f"{given} has {n} values but the schedule has {len(base_lrs)} phases; "
+                         "give one value, one per phase, or both --lr and --epochs")
     for lr, n in zip(lrs, epochs):
         if not lr > 0:
             raise ValueError(f"--lr must be > 0, got {lr}")

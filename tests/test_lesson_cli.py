@@ -1,0 +1,137 @@
+"""``python -m rnn_ext train / generate / lesson`` on a tiny text, their errors, and torchrun."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rnn_ext.cli import main
+from rnn_ext.lesson.data import load_nietzsche
+from rnn_ext.lesson.train import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--n-hidden", "16", "--n-fac", "6", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("txt") / "tiny.txt"
+    p.write_text(load_nietzsche()[:4000], encoding="utf-8")
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def ckpt(text_file, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ck") / "m.pt")
+    assert main(["train", "--text", text_file, "--epochs", "2", "--out", out] + SMALL) == 0
+    return out
+
+
+def _epoch_lines(out):
+    return [ln.split() for ln in out.splitlines() if re.match(r"^\s+\d+\s+\d+\.\d{4}", ln)]
+
+
+def test_train_writes_checkpoint_and_prints_epochs(ckpt, text_file, capsys, tmp_path):
+    c = load_checkpoint(ckpt)
+    assert c["config"]["model"] == "CharSeqRnn" and c["config"]["n_hidden"] == 16
+    assert c["train"]["epochs_done"] == 4 and c["train"]["recipe"] == "seq-identity"
+    out = str(tmp_path / "again.pt")
+    assert main(["train", "--text", text_file, "--epochs", "1", "--lr", "0.01", "--out", out,
+                 "--model", "rnn"] + SMALL) == 0
+    printed = capsys.readouterr().out
+    assert "CharRnn" in printed and "checkpoint: " + out in printed
+    assert len(_epoch_lines(printed)) == 1
+    assert load_checkpoint(out)["config"]["model"] == "CharRnn"
+
+
+def test_generate(ckpt, capsys):
+    assert main(["generate", "--checkpoint", ckpt, "--prompt", "The ", "-n", "50"]) == 0
+    text = capsys.readouterr().out.rstrip("\n")
+    assert text.startswith("The ") and len(text) == 54
+    assert main(["generate", "--checkpoint", ckpt, "--prompt", "The ", "-n", "20",
+                 "--greedy", "--window"]) == 0
+    assert len(capsys.readouterr().out.rstrip("\n")) == 24
+
+
+def test_generate_errors(ckpt, tmp_path, capsys):
+    assert main(["generate", "--checkpoint", ckpt, "--prompt", "caf\u00e9"]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "'\u00e9'" in err and "vocabulary" in err
+    assert main(["generate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(open(ckpt, "rb").read()[:300])
+    assert main(["generate", "--checkpoint", str(bad)]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "--checkpoint", ckpt, "--temperature", "0"])
+
+
+def test_train_errors(tmp_path, capsys):
+    assert main(["train", "--text", str(tmp_path / "nope.txt"), "--out",
+                 str(tmp_path / "x.pt")] + SMALL) == 2
+    assert "no such file" in capsys.readouterr().err
+    short = tmp_path / "short.txt"
+    short.write_text("abc", encoding="utf-8")
+    assert main(["train", "--text", str(short), "--out", str(tmp_path / "x.pt")] + SMALL) == 2
+    assert "need at least 10" in capsys.readouterr().err
+    assert main(["train", "--lr", "0.1", "0.2", "--epochs", "1", "2", "3", "--out",
+                 str(tmp_path / "x.pt")] + SMALL) == 2
+    assert "--lr has 2 values" in capsys.readouterr().err
+
+
+def test_lesson_rows_and_table(text_file, capsys, tmp_path):
+    md = tmp_path / "t.md"
+    assert main(["lesson", "--rows", "char3", "concat", "--text", text_file, "--epochs", "1",
+                 "--markdown", str(md)] + SMALL) == 0
+    out = capsys.readouterr().out
+    assert out.index("Char3Model") < out.index("CharLoopConcatModel")
+    table = md.read_text()
+    assert table.count("\n") == 4 and "| Char3Model |" in table
+    assert "| CharLoopConcatModel |" in table
+
+
+def _run(args, timeout=240):
+    """Run a command in its own process group; on a timeout kill the whole group (torchrun's
+    workers too) and fail."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail(f"timed out after {timeout}s: {args}")
+    return subprocess.CompletedProcess(args, p.returncode, out, err)
+
+
+def test_python_m_rnn_ext_help():
+    r = _run([sys.executable, "-m", "rnn_ext", "--help"])
+    assert r.returncode == 0 and "train" in r.stdout and "generate" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_torchrun_two_processes_same_losses(text_file, tmp_path):
+    args = ["-m", "rnn_ext", "train", "--text", text_file, "--epochs", "2", "--bs", "64"] + SMALL
+    one = _run([sys.executable] + args + ["--out", str(tmp_path / "one.pt")])
+    assert one.returncode == 0, one.stderr
+    two = _run(["torchrun", "--standalone", "--nproc_per_node=2"] + args
+               + ["--out", str(tmp_path / "two.pt")])
+    assert two.returncode == 0, two.stderr
+    assert "2 processes" in two.stdout
+    l1, l2 = _epoch_lines(one.stdout), _epoch_lines(two.stdout)
+    assert len(l1) == len(l2) == 4  # only rank 0 prints
+    for a, b in zip(l1, l2):
+        assert float(a[1]) == pytest.approx(float(b[1]), abs=2e-4)
+        assert float(a[2]) == pytest.approx(float(b[2]), abs=2e-4)
+    s1 = load_checkpoint(tmp_path / "one.pt")["state_dict"]
+    s2 = load_checkpoint(tmp_path / "two.pt")["state_dict"]
+    for k in s1:
+        torch.testing.assert_close(s1[k], s2[k], rtol=1e-3, atol=1e-4)

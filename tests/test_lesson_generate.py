@@ -1,0 +1,98 @@
+"""get_next / get_next_n (the notebook's greedy functions), sampling, and stateful generation."""
+
+import pytest
+import torch
+
+from rnn_ext.lesson.data import Vocab, lesson_data
+from rnn_ext.lesson.generate import generate, get_next, get_next_n, sample_next
+from rnn_ext.lesson.models import CharLoopConcatModel, CharRnn, CharSeqRnn
+from rnn_ext.lesson.train import fit
+
+import rnn_ext
+
+TEXT = "for those the same. " * 60
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small CharSeqRnn trained on a repetitive text (a few seconds)."""
+    torch.set_num_threads(1)
+    d = lesson_data("seq", TEXT, bs=32)
+    torch.manual_seed(0)
+    m = CharSeqRnn(len(d.vocab), 8, 32)
+    fit(m, d, 30, torch.optim.Adam(m.parameters(), 1e-2), rnn_ext.seq_nll_loss, seed=0,
+        progress=False, log=None)
+    m.vocab = d.vocab
+    return m
+
+
+def test_get_next_on_trained_model(trained):
+    assert get_next(trained, "for thos") == "e"
+    assert get_next_n(trained, "for thos", 12) == "for those the same. "
+
+
+def test_get_next_n_slides_the_window(trained):
+    text = get_next_n(trained, "for thos", 10)
+    inp = "for thos"
+    for i in range(10):
+        c = get_next(trained, inp)
+        assert text[8 + i] == c
+        inp = inp[1:] + c
+
+
+def test_get_next_is_argmax_of_a_fixed_model():
+    v = Vocab.from_text("abc")
+    m = CharRnn(len(v), 3, 4)
+    with torch.no_grad():
+        m.l_out.weight.zero_()
+        m.l_out.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 5.0]))
+    assert get_next(m, "ab", v) == "c"
+    assert get_next_n(m, "ab", 3, v) == "abccc"
+    with pytest.raises(ValueError, match="'z'"):
+        get_next(m, "az", v)
+    with pytest.raises(ValueError, match="at least one"):
+        get_next(m, "", v)
+
+
+@pytest.mark.parametrize("cls", [CharSeqRnn, CharLoopConcatModel])
+def test_stateful_greedy_equals_rereading_everything(cls):
+    """Carrying the state equals running the model over the whole text from the start."""
+    torch.manual_seed(1)
+    v = Vocab.from_text("abcdefg")
+    m = cls(len(v), 4, 16)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.8)
+    out = generate(m, "abc", 15, v, greedy=True)
+    for i in range(3, len(out)):
+        full = m(v.encode(out[:i])[None])
+        lp = full[-1] if m.multi_output else full
+        lp[:, 0] = float("-inf")
+        assert v.chars[int(lp.argmax())] == out[i]
+
+
+def test_sampling_is_repeatable_and_respects_top_k(trained):
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    a = generate(trained, "for thos", 100, temperature=1.0, generator=g())
+    b = generate(trained, "for thos", 100, temperature=1.0, generator=g())
+    assert a == b and len(a) == 108 and a.startswith("for thos")
+    assert generate(trained, "for thos", 30, top_k=1, generator=g()) == \
+        generate(trained, "for thos", 30, greedy=True)
+    assert "\0" not in generate(trained, "for", 200, temperature=5.0, generator=g())
+    w = generate(trained, "for thos", 20, greedy=True, stateful=False)
+    assert w == get_next_n(trained, "for thos", 20)
+
+
+def test_sample_next_checks():
+    lp = torch.log_softmax(torch.tensor([[9.0, 1.0, 2.0, 3.0]]), -1)
+    assert sample_next(lp, greedy=True).tolist() == [3]  # id 0 (padding) never drawn
+    assert sample_next(lp, top_k=1).tolist() == [3]
+    counts = torch.bincount(sample_next(lp.expand(2000, 4), top_k=2,
+                                        generator=torch.Generator().manual_seed(0)), minlength=4)
+    assert counts[0] == 0 and counts[1] == 0 and counts[2] > 0 and counts[3] > counts[2]
+    with pytest.raises(ValueError, match="temperature"):
+        sample_next(lp, temperature=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        sample_next(lp, top_k=0)
+    with pytest.raises(ValueError, match="n must be"):
+        generate(CharRnn(4, 2, 3), "a", -1, Vocab.from_text("abc"))
