@@ -16,6 +16,23 @@
 //   grad_loss (backward) the loss's shape; grad of the input (T, B, C), contiguous
 // total_weight and lse have the "statistics dtype": float32 for bfloat16 / float16 inputs,
 // else the input's dtype.
+//
+// Semantics every backend keeps (the CPU kernels in csrc/cpu/seq_nll_cpu.cpp; tests in
+// tests/test_loss.py run on each device):
+//   * row r = t * B + b; target[(t, b)] and grad_loss (reduction none) are read through their
+//     strides (seq_target_offset); the input through its strides; outputs are contiguous.
+//   * reduction none: loss[(t, b)] in the target's layout, 0 for ignored rows. sum: the sum of
+//     the rows. mean: sum / total_weight, NaN (0 / 0) when every row is ignored or the weights
+//     of the targets present are all 0. total_weight is written for every reduction.
+//   * cross-entropy: lse is written for every row, ignored ones included; the backward writes
+//     0 for ignored rows (without reading the logits) and seq_ce_grad elsewhere.
+//   * backward: seq_loss_grad_scale times w (not "w / total_weight"): with total_weight = 0 a
+//     row of weight 0 gives NaN, as PyTorch.
+//   * a target out of [0, C) that is not ignore_index: IndexError from
+//     throw_seq_target_out_of_range, naming the first such row in r order (the CPU kernels
+//     record the smallest bad r; a CUDA kernel can atomicMin it into a device int64, and the
+//     host reads it back once after the kernel). Forward and backward both check.
+//   * T * B = 0: mean is NaN, sum 0, the gradient empty.
 #pragma once
 
 #include <ATen/core/Tensor.h>

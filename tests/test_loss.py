@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import rnn_ext
 
 DEVICES = ["cpu"]
-if torch.cuda.is_available() and rnn_ext.has_cuda_kernels() and torch._C._dispatch_has_kernel_for_dispatch_key(
+if torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
     "rnn_ext::seq_nll_loss_forward", "CUDA"
 ):
     DEVICES.append(pytest.param("cuda", marks=pytest.mark.cuda))
@@ -445,3 +445,30 @@ def test_device_mismatch_is_an_error():
     x = torch.randn(2, 3, 4)
     with pytest.raises(RuntimeError, match="device"):
         rnn_ext.seq_nll_loss(x, torch.zeros(3, 2, dtype=torch.long, device="cuda"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(0, 3, 4), (3, 0, 4)])
+def test_empty(device, kind, shape):
+    T, B, C = shape
+    x = torch.randn(T, B, C, device=device, requires_grad=True)
+    target = torch.zeros(B, T, dtype=torch.long, device=device)
+    assert math.isnan(fused(kind)(x, target).item())  # 0 / 0, as F.nll_loss on (0, C)
+    assert math.isnan(lesson_reference(kind, x, target).item())
+    total = fused(kind)(x, target, reduction="sum")
+    assert total.item() == 0
+    (g,) = torch.autograd.grad(total, x)
+    assert g.shape == x.shape
+    assert fused(kind)(x, target, reduction="none").shape == (B, T)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cross_entropy_float32_long_rows_accuracy(device):
+    # the float32 kernels' exp: compare with the float64 loss and gradient on long rows
+    T, B, C = 3, 4, 5000
+    x = torch.randn(T, B, C, dtype=torch.float64, device=device) * 5
+    target = random_target(B, T, C, device, p_ignore=0.0)
+    for reduction in REDUCTIONS:
+        compare("ce", x.float(), target, reduction=reduction, x_ref=x,
+                tol=dict(rtol=1e-5, atol=1e-6))

@@ -256,9 +256,9 @@ inline void for_rows(int64_t r0, int64_t r1, int64_t B, const F& f) {
   }
 }
 
-// Runs row_fn(t, b, r, buf) -> (loss, weight) over all rows, in fixed blocks, in parallel; writes the
-// per-row loss at the target's position (reduction none) or returns the sums of loss and weight
-// (always the weight sum: total_weight). row_fn returns weight 0 for ignored rows.
+// Runs row_fn(t, b, r, buf) -> (loss, weight) over all rows, in fixed blocks, in parallel;
+// writes the per-row loss at the target's position (reduction none) or returns the sums of loss
+// and weight (always the weight sum: total_weight). row_fn returns weight 0 for ignored rows.
 template <typename scalar_t, typename RowFn>
 std::pair<double, double> for_each_row(const SeqLossSizes& s, int64_t elements_per_row,
                                        bool target_batch_first, Reduction reduction,
