@@ -12,6 +12,8 @@
 #   4. the other tests, quickly (-x, short timeout)                      -> $OUT/test_rest.log
 #   5. GPU benchmark: benchmarks/bench_cuda.py                           -> $OUT/bench.log,
 #                                                                          $OUT/bench_cuda.json
+#   6. benchmark suite: benchmarks/run_gpu_benchmarks.sh short (bench_rnn/loss/train.py, plots;
+#      RNN_EXT_BENCH_SUITE=off|quick|short|full; about 2 more minutes) -> $OUT/suite.log, suite/
 # and prints a short summary last (also $OUT/summary.txt). The tests run from outside the
 # source tree so that they import the installed package (the tree has no compiled _C).
 # Exit status: 0 when every stage passed, else 1.
@@ -37,7 +39,7 @@ declare -A RC
 
 # 2. Build and install.
 cd "$REPO"
-TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 timeout 240 "$PY" -m pip install --no-build-isolation \
+TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 timeout 220 "$PY" -m pip install --no-build-isolation \
   --no-deps -v . > "$OUT/build.log" 2>&1
 RC[build]=$?
 echo "build: rc=${RC[build]} at $(elapsed)s" | tee -a "$OUT/env.txt"
@@ -46,7 +48,7 @@ RC[import]=$?
 
 # 3. CUDA tests (from /tmp: the installed package, not the source tree).
 cd /tmp
-timeout 110 "$PY" -m pytest "$REPO/tests/test_cuda.py" -q -ra -p no:cacheprovider \
+timeout 150 "$PY" -m pytest "$REPO/tests/test_cuda.py" -q -ra --durations=8 -p no:cacheprovider \
   --rootdir "$REPO" > "$OUT/test_cuda.log" 2>&1
 RC[test_cuda]=$?
 
@@ -54,7 +56,7 @@ RC[test_cuda]=$?
 others=$(ls "$REPO"/tests/test_*.py 2>/dev/null | grep -v '/test_cuda.py$' || true)
 if [ -n "$others" ]; then
   # shellcheck disable=SC2086
-  timeout 45 "$PY" -m pytest $others -q -x -p no:cacheprovider --rootdir "$REPO" \
+  timeout 70 "$PY" -m pytest $others -q -x -p no:cacheprovider --rootdir "$REPO" \
     > "$OUT/test_rest.log" 2>&1
   RC[test_rest]=$?
 else
@@ -88,7 +90,7 @@ fi
   echo "-- test_cuda:"; tail -n 3 "$OUT/test_cuda.log"
   grep -E "^(FAILED|ERROR)" "$OUT/test_cuda.log" | head -n 15
   echo "-- test_rest:"; tail -n 2 "$OUT/test_rest.log"
-  echo "-- bench:"; sed -n '/^NVIDIA\|^$/,$p' "$OUT/bench.log" | tail -n 45
+  echo "-- bench (table last):"; tail -n 40 "$OUT/bench.log"
   echo "-- suite ($SUITE):"; grep -E "FAILED|rnn_ext +|wrote" "$OUT/suite.log" | tail -n 30
 } > "$OUT/summary.txt" 2>&1
 cat "$OUT/summary.txt"

@@ -40,14 +40,14 @@ C10_HOST_DEVICE inline acc_t activation_grad_from_output(acc_t h, Activation act
 // Backward of one step, one element: the gradient flowing into the pre-activation a_t given
 // the gradient of the output at this step (gy), the gradient arriving from step t+1 through
 // the hidden state (g) and the step's output h.
+// relu selects instead of multiplying by 0 (as threshold_backward and the CPU kernel do), so an
+// infinite incoming gradient gives 0, not NaN, where the unit is off.
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t preactivation_grad(acc_t gy, acc_t g, acc_t h, Activation act) {
-  if (act == Activation::Tanh) {
-    return (gy + g) * (acc_t(1) - h * h);
+  if (act == Activation::Relu) {
+    return h > acc_t(0) ? gy + g : acc_t(0);
   }
-  // Selected, not multiplied by 0: a non-finite gradient stays out of inactive units, as in
-  // PyTorch's threshold_backward.
-  return h > acc_t(0) ? gy + g : acc_t(0);
+  return (gy + g) * activation_grad_from_output(h, act);
 }
 
 }  // namespace rnn_ext

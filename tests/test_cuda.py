@@ -32,7 +32,7 @@ MODES = ["off", "require"]  # cuBLAS step loop, persistent kernel
 
 # Relative error bounds ||got - ref|| / ||ref|| against a float64 reference computed from the
 # same rounded inputs, per dtype (outputs are rounded to the dtype every step).
-REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -433,3 +433,84 @@ def test_nan_poison_is_effective():
     poison_cuda_allocator()
     t = torch.empty(1000, device="cuda")
     assert torch.isnan(t).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence losses (csrc/cuda/seq_nll_cuda.cu) against the CPU kernels. tests/test_loss.py also
+# runs all of its tests on CUDA when the CUDA kernels are present.
+
+LOSS_OPS = {
+    "nll": (torch.ops.rnn_ext.seq_nll_loss_forward, torch.ops.rnn_ext.seq_nll_loss_backward),
+    "ce": (torch.ops.rnn_ext.seq_cross_entropy_forward,
+           torch.ops.rnn_ext.seq_cross_entropy_backward),
+}
+LOSS_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3,
+            torch.bfloat16: 1e-2}
+
+
+def _loss_case(kind, T, B, C, dtype, batch_first, seed=0, p_ignore=0.2, ignore_index=-100,
+               target_dtype=torch.int64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, C, generator=g, dtype=torch.float64) * 2
+    if kind == "nll":
+        x = x.log_softmax(-1)
+    x = x.to(dtype)
+    tgt = torch.randint(0, C, (B, T) if batch_first else (T, B), generator=g)
+    drop = torch.rand(tgt.shape, generator=g) < p_ignore
+    tgt = torch.where(drop, torch.full_like(tgt, ignore_index), tgt).to(target_dtype)
+    w = torch.rand(C, generator=g, dtype=torch.float64).to(dtype)
+    return x, tgt, w
+
+
+@pytest.mark.parametrize("kind", ["nll", "ce"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_losses_against_cpu(kind, dtype, reduction, batch_first, weighted):
+    T, B, C = 7, 5, 85
+    x, tgt, w = _loss_case(kind, T, B, C, dtype, batch_first, seed=T + B)
+    w = w if weighted else None
+    fwd, bwd = LOSS_OPS[kind]
+    poison_cuda_allocator()
+    res = {}
+    for dev in ("cpu", "cuda"):
+        args = (x.to(dev), tgt.to(dev), None if w is None else w.to(dev), -100, reduction,
+                batch_first)
+        out = fwd(*args)
+        grad_loss = torch.linspace(-1, 1, out[0].numel(), dtype=torch.float64).reshape(
+            out[0].shape).to(dtype).to(dev)
+        if kind == "nll":
+            gx = bwd(grad_loss, *args, out[1])
+        else:
+            gx = bwd(grad_loss, *args, out[1], out[2])
+        res[dev] = (*out, gx)
+    for a, b in zip(res["cuda"], res["cpu"]):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert rel_err(a, b) <= LOSS_TOL[dtype]
+
+
+@pytest.mark.parametrize("kind", ["nll", "ce"])
+def test_losses_strided_and_uint8(kind):
+    T, B, C = 6, 4, 30
+    x, tgt, w = _loss_case(kind, T, B, C, torch.float32, True, seed=3, p_ignore=0.0,
+                           target_dtype=torch.uint8)
+    fwd, bwd = LOSS_OPS[kind]
+    x_nc = x.transpose(0, 1).contiguous().cuda().transpose(0, 1)  # (T, B, C) view, not contiguous
+    x_nc2 = torch.stack([x, x], 3).cuda()[..., 0]  # stride 2 along C
+    tgt_nc = tgt.t().contiguous().cuda().t()  # (B, T) view of a (T, B) tensor
+    assert not (x_nc.is_contiguous() or x_nc2.is_contiguous() or tgt_nc.is_contiguous())
+    ref = fwd(x, tgt.long(), w, -100, "none", True)
+    for xx in (x_nc, x_nc2):
+        out = fwd(xx, tgt_nc, w.cuda(), -100, "none", True)
+        for a, b in zip(out, ref):
+            assert rel_err(a, b) < 1e-5
+
+
+def test_losses_opcheck_cuda():
+    for kind in ("nll", "ce"):
+        x, tgt, w = _loss_case(kind, 4, 3, 6, torch.float32, True, seed=5)
+        x = x.cuda().requires_grad_()
+        fwd, _ = LOSS_OPS[kind]
+        for reduction in ("none", "mean", "sum"):
+            torch.library.opcheck(fwd.default, (x, tgt.cuda(), w.cuda(), -100, reduction, True))

@@ -33,11 +33,16 @@
 //
 //    Limits: all of W_hh must fit in the shared memory of the co-resident blocks, together with
 //    each block's BT x H slice of the state, in the accumulation type (4 bytes for float32,
-//    float16 and bfloat16, 8 for float64). On an H200 (132 SMs, 227 KB per block) the planner
-//    finds a plan up to about H = 2048 for float32 / float16 / bfloat16 and H = 1408 for
-//    float64 at small batch (B <= 8), less as B grows (the BT x H state slice grows); it also
-//    needs the device to support cooperative launches. Beyond that, or when no cooperative
-//    launch is possible, the cuBLAS path runs.
+//    float16 and bfloat16, 8 for float64), in blocks of 256 threads, all resident at once.
+//    The planner (make_plan) searches the tilings and takes the cheapest that fits; run on the
+//    H200's figures (132 SMs, 227 KB per block, the register counts ptxas reports) it finds
+//    one, for forward and backward alike, up to about
+//        float32 / float16 / bfloat16:  H = 2112 (B <= 8), 1056 (B = 64), 512 (B = 512)
+//        float64:                       H = 1696 (B = 1), 1184 (B = 8), 576 (B = 64), 288 (B = 512)
+//    (an estimate made off the device: the occupancy the driver reports decides). It also needs
+//    a device that supports cooperative launches. Beyond that the cuBLAS path runs.
+//    Arithmetic: FP32 (FP64) FMA on the CUDA cores, not tensor cores: more exact than cuDNN with
+//    TF32 or bf16 tensor-core GEMMs, and slower per flop; the gain is in launches and barriers.
 //
 //    Choice: environment variable RNN_EXT_CUDA_PERSISTENT, read at every call
 //    (rnn_ext.ops.set_cuda_persistent sets it from Python):
@@ -348,7 +353,7 @@ template <typename scalar_t, int RB, int RJ>
 __global__ void __launch_bounds__(kPersistentThreads)
     persistent_forward_kernel(PersistentArgs a) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* ws = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* hs = ws + a.H * a.ldj;
   cg::grid_group grid = cg::this_grid();
@@ -404,7 +409,7 @@ template <typename scalar_t, int RB, int RJ>
 __global__ void __launch_bounds__(kPersistentThreads)
     persistent_backward_kernel(PersistentArgs a) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* ws = reinterpret_cast<acc_t*>(smem_raw);
   acc_t* hs = ws + a.H * a.ldj;
   cg::grid_group grid = cg::this_grid();
@@ -652,8 +657,12 @@ Plan choose_persistent(const char* op, at::ScalarType dtype, const ElmanSizes& s
   return p;
 }
 
+// Launches the persistent kernel. Returns false, having launched nothing, when the driver
+// finds the grid too large to be resident at once (the SMs can be fewer than the properties
+// say, e.g. under MPS): the caller then runs the cuBLAS path, unless `require`.
 template <typename scalar_t>
-void launch_persistent(const Plan& p, PersistentArgs args, bool backward, cudaStream_t stream) {
+bool launch_persistent(const char* op, const Plan& p, PersistentArgs args, bool backward,
+                       cudaStream_t stream) {
   args.ks = p.ks;
   args.gb = p.gb;
   args.gj = p.gj;
@@ -663,10 +672,19 @@ void launch_persistent(const Plan& p, PersistentArgs args, bool backward, cudaSt
   KernelFn fn = persistent_kernel<scalar_t>(backward, p.rb, p.rj);
   TORCH_INTERNAL_ASSERT(fn != nullptr);
   void* kargs[] = {&args};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(fn),
-                                             dim3(static_cast<unsigned>(p.nbt * p.njt)),
-                                             dim3(kPersistentThreads), kargs, p.smem, stream));
+  const cudaError_t err = cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(fn), dim3(static_cast<unsigned>(p.nbt * p.njt)),
+      dim3(kPersistentThreads), kargs, p.smem, stream);
+  if (err == cudaErrorCooperativeLaunchTooLarge) {
+    (void)cudaGetLastError();  // clear it: nothing was launched
+    TORCH_CHECK(persistent_mode() != PersistentMode::Require, op,
+                ": RNN_EXT_CUDA_PERSISTENT=require, but the driver refused the cooperative "
+                "launch of ", p.nbt * p.njt, " blocks as too large");
+    return false;
+  }
+  C10_CUDA_CHECK(err);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -720,10 +738,15 @@ std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
     a.act = act;
     a.out = output.data_ptr();
     a.hbuf = hbuf.data_ptr();
+    bool launched = false;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                    "elman_forward_persistent",
-                                    [&] { launch_persistent<scalar_t>(plan, a, false, stream); });
-    return {output, hbuf.select(0, T & 1).clone()};
+                                    "elman_forward_persistent", [&] {
+      launched = launch_persistent<scalar_t>(op, plan, a, false, stream);
+    });
+    if (launched) {
+      return {output, hbuf.select(0, T & 1).clone()};
+    }
+    // Not launched: output still holds the input projection; the cuBLAS path follows.
   }
 
   const at::Tensor whh_t = weight_hh.t();
@@ -765,6 +788,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
   if (B > 0 && H > 0) {
     const Plan plan = allow_persistent ? choose_persistent(op, input.scalar_type(), s, true)
                                        : Plan();
+    bool launched = false;
     if (plan.ok) {
       const at::Tensor w = weight_hh.contiguous();
       PersistentArgs a{};
@@ -780,9 +804,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
       a.y = out.const_data_ptr();
       a.grad_h_n = grad_h_n.defined() ? grad_h_n.const_data_ptr() : nullptr;
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                      "elman_backward_persistent",
-                                      [&] { launch_persistent<scalar_t>(plan, a, true, stream); });
-    } else {
+                                      "elman_backward_persistent", [&] {
+        launched = launch_persistent<scalar_t>(op, plan, a, true, stream);
+      });
+    }
+    if (!launched) {
       at::Tensor g = at::empty({B, H}, input.options());
       const unsigned blocks = pointwise_blocks(B * H);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
