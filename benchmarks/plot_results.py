@@ -176,7 +176,11 @@ def main(argv=None) -> List[Path]:
     files = args.files or sorted(common.RESULTS_DIR.glob("*.json"))
     written: List[Path] = []
     for f in files:
-        doc = common.read_results(f)
+        try:
+            doc = common.read_results(f)
+        except ValueError as e:
+            print(f"skip {e}", file=sys.stderr)
+            continue
         fn = PLOTTERS.get(doc["script"])
         if fn is None:
             print(f"skip {f}: no plot for script {doc['script']!r}", file=sys.stderr)
