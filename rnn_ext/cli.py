@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -87,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    + ", ".join(f"{k} = {RECIPES[k].title}" for k in LESSON_ROWS))
     _training(t)
     _common(t)
-    t.add_argument("--out", default=DEFAULT_CHECKPOINT,
-                   help=f"checkpoint to write after every epoch (default {DEFAULT_CHECKPOINT})")
+    t.add_argument("--out", default=None,
+                   help="checkpoint to write after every epoch (default: the --resume "
+                   f"checkpoint, else {DEFAULT_CHECKPOINT})")
     t.add_argument("--resume", metavar="PATH", help="continue training from this checkpoint")
 
     g = sub.add_parser("generate", help="write text with a trained checkpoint")
@@ -137,6 +138,8 @@ def _train(args) -> int:
     from .lesson.generate import get_next_n
     from .lesson.recipes import RECIPES, train_recipe
 
+    if args.out is None:
+        args.out = args.resume or DEFAULT_CHECKPOINT
     res = train_recipe(
         RECIPES[args.model], text_path=args.text, bs=args.bs, lrs=args.lr, epochs=args.epochs,
         device=args.device, seed=args.seed, n_fac=args.n_fac, n_hidden=args.n_hidden,

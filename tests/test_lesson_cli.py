@@ -18,6 +18,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--n-hidden", "16", "--n-fac", "6", "--no-progress", "--threads", "1"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    n = torch.get_num_threads()  # main() sets --threads for the whole process
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("txt") / "tiny.txt"
@@ -47,6 +54,20 @@ def test_train_writes_checkpoint_and_prints_epochs(ckpt, text_file, capsys, tmp_
     assert "CharRnn" in printed and "checkpoint: " + out in printed
     assert len(_epoch_lines(printed)) == 1
     assert load_checkpoint(out)["config"]["model"] == "CharRnn"
+
+
+def test_train_resume(text_file, tmp_path, capsys):
+    out = str(tmp_path / "r.pt")
+    assert main(["train", "--model", "seq", "--text", text_file, "--epochs", "1", "--out",
+                 out] + SMALL) == 0
+    capsys.readouterr()
+    # continue the same schedule with 2 epochs per phase: epochs 3 and 4 are left to do
+    assert main(["train", "--resume", out, "--text", text_file, "--epochs", "2"] + SMALL) == 0
+    printed = capsys.readouterr().out
+    assert [ln[0] for ln in _epoch_lines(printed)] == ["3", "4"]
+    c = load_checkpoint(out)
+    assert c["train"]["epochs_done"] == 4 and c["train"]["recipe"] == "seq"
+    assert [h["epoch"] for h in c["train"]["history"]] == [1, 2, 3, 4]
 
 
 def test_generate(ckpt, capsys):

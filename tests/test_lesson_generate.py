@@ -16,6 +16,7 @@ TEXT = "for those the same. " * 60
 @pytest.fixture(scope="module")
 def trained():
     """A small CharSeqRnn trained on a repetitive text (a few seconds)."""
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
     d = lesson_data("seq", TEXT, bs=32)
     torch.manual_seed(0)
@@ -23,6 +24,7 @@ def trained():
     fit(m, d, 30, torch.optim.Adam(m.parameters(), 1e-2), rnn_ext.seq_nll_loss, seed=0,
         progress=False, log=None)
     m.vocab = d.vocab
+    torch.set_num_threads(n)
     return m
 
 

@@ -230,7 +230,8 @@ class LessonData:
         n = len(self.trn_x if train else self.val_x)
         return (n + self.bs - 1) // self.bs
 
-    def trn_batches(self, generator: Optional[torch.Generator] = None) -> Iterator[Tuple[Tensor, Tensor]]:
+    def trn_batches(self, generator: Optional[torch.Generator] = None
+                    ) -> Iterator[Tuple[Tensor, Tensor]]:
         """Shuffled training batches (``torch.randperm`` with ``generator``)."""
         perm = torch.randperm(len(self.trn_x), generator=generator)
         for i in range(0, len(perm), self.bs):

@@ -165,7 +165,7 @@ class CharLoopModel(_AddLoopModel):
 
 
 class CharLoopConcatModel(CharModel):
-    """The notebook's ``CharLoopConcatModel``: concatenate the state and the input instead of adding.
+    """The notebook's ``CharLoopConcatModel``: concatenate the state and the input, not add.
 
     Notebook: ``h = 0``; for each character ``inp = cat((h, e(c)), 1); inp = relu(l_in(inp));
     h = tanh(l_hidden(inp))``; ``log_softmax(l_out(h))``.
@@ -216,7 +216,7 @@ class CharLoopConcatModel(CharModel):
 
 
 class _RnnModel(CharModel):
-    """Embedding, :class:`rnn_ext.RNN` (tanh, one layer) and ``l_out``: the notebook's nn.RNN models."""
+    """Embedding, :class:`rnn_ext.RNN` (tanh, one layer) and ``l_out``: the nn.RNN models."""
 
     def __init__(self, vocab_size: int, n_fac: int = N_FAC, n_hidden: int = N_HIDDEN):
         super().__init__(vocab_size, n_fac, n_hidden)
@@ -269,7 +269,7 @@ class CharSeqRnn(_RnnModel):
     multi_output = True
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x``: int64 ``(B, T)``. Returns log-probabilities ``(T, B, V)`` of each next character."""
+        """``x``: int64 ``(B, T)``. Returns log-probabilities ``(T, B, V)`` of each next char."""
         return F.log_softmax(self.l_out(self._outputs(x)), dim=-1)
 
 

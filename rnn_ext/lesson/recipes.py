@@ -230,8 +230,10 @@ def train_recipe(
     if resume is not None:
         ckpt = load_checkpoint(resume)
         info = ckpt.get("train", {})
+        recipe = RECIPES.get(info.get("recipe"), recipe)  # the checkpoint's run continues
         if ckpt["config"].get("model") != recipe.model:
-            recipe = RECIPES.get(info.get("recipe"), recipe)
+            raise ValueError(f"--resume: {resume!r} holds a {ckpt['config'].get('model')}, "
+                             f"not a {recipe.model}")
         if lrs is None and epochs is None and info.get("schedule"):
             sched = [tuple(p) for p in info["schedule"]]
             lrs, epochs = [p[0] for p in sched], [p[1] for p in sched]
@@ -245,8 +247,8 @@ def train_recipe(
     if bs is None:
         bs = 512
     schedule = _schedule(recipe, lrs, epochs)
-    default_run = (text is None and text_path is None and lrs is None and epochs is None
-                   and bs == 512)
+    default_run = (text is None and text_path is None and bs == 512
+                   and schedule == [tuple(p) for p in recipe.schedule])
     if text is None and text_path is not None:
         text = read_text(text_path)
     dev = resolve_device(device)
