@@ -162,18 +162,8 @@ def seq_cross_entropy(
     )[0]
 
 
-class SeqNLLLoss(nn.Module):
-    """Module form of :func:`seq_nll_loss`: ``nn.NLLLoss`` for ``(T, B, C)`` log-probabilities
-    and a ``(B, T)`` (or ``(T, B)``) target.
-
-    Args (as ``torch.nn.NLLLoss``; the deprecated ``size_average`` / ``reduce`` are not taken):
-        weight: ``None`` or ``(C,)`` class weights, kept as a buffer (moves with ``.to()``).
-        ignore_index: target value that contributes nothing. Default -100.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``. Default ``"mean"``.
-        target_batch_first: the target is ``(B, T)`` (default) or ``(T, B)``.
-
-    Shapes, dtypes and errors: see :func:`seq_nll_loss`.
-    """
+class _SeqLoss(nn.Module):
+    """The arguments the two sequence-loss modules share (as ``torch.nn.NLLLoss``)."""
 
     def __init__(
         self,
@@ -189,18 +179,33 @@ class SeqNLLLoss(nn.Module):
         self.reduction = reduction
         self.target_batch_first = target_batch_first
 
+    def extra_repr(self) -> str:
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"target_batch_first={self.target_batch_first}")
+
+
+class SeqNLLLoss(_SeqLoss):
+    """Module form of :func:`seq_nll_loss`: ``nn.NLLLoss`` for ``(T, B, C)`` log-probabilities
+    and a ``(B, T)`` (or ``(T, B)``) target.
+
+    Args (as ``torch.nn.NLLLoss``; the deprecated ``size_average`` / ``reduce`` are not taken):
+        weight: ``None`` or ``(C,)`` class weights, kept as a buffer (moves with ``.to()``).
+        ignore_index: target value that contributes nothing. Default -100.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``. Default ``"mean"``.
+        target_batch_first: the target is ``(B, T)`` (default) or ``(T, B)``.
+
+    Shapes, dtypes and errors: see :func:`seq_nll_loss` (an unknown ``reduction`` raises
+    ``ValueError`` at construction).
+    """
+
     def forward(self, log_probs: Tensor, target: Tensor) -> Tensor:
         return seq_nll_loss(
             log_probs, target, self.weight, self.ignore_index, self.reduction,
             self.target_batch_first,
         )
 
-    def extra_repr(self) -> str:
-        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-                f"target_batch_first={self.target_batch_first}")
 
-
-class SeqCrossEntropyLoss(SeqNLLLoss):
+class SeqCrossEntropyLoss(_SeqLoss):
     """Module form of :func:`seq_cross_entropy`: ``nn.CrossEntropyLoss`` (class indices, no
     label smoothing) for ``(T, B, C)`` logits and a ``(B, T)`` (or ``(T, B)``) target.
 

@@ -472,3 +472,26 @@ def test_cross_entropy_float32_long_rows_accuracy(device):
     for reduction in REDUCTIONS:
         compare("ce", x.float(), target, reduction=reduction, x_ref=x,
                 tol=dict(rtol=1e-5, atol=1e-6))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_double_backward_time_first_target(device, kind):
+    T, B, C = 3, 2, 4
+    x = torch.randn(T, B, C, dtype=torch.float64, device=device, requires_grad=True)
+    target = random_target(B, T, C, device, p_ignore=0.3, batch_first=False)
+
+    def fn(x):
+        lp = x.log_softmax(-1) if kind == "nll" else x
+        return fused(kind)(lp, target, reduction="none", target_batch_first=False)
+
+    assert torch.autograd.gradgradcheck(fn, (x,))
+    # and the second derivative is the reference's
+    (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad((g * g).sum(), x)
+    xr = x.detach().clone().requires_grad_()
+    ref_in = xr.log_softmax(-1) if kind == "nll" else xr
+    ref = lesson_reference(kind, ref_in, target, reduction="none", target_batch_first=False)
+    (gr,) = torch.autograd.grad(ref.sum(), xr, create_graph=True)
+    (ggr,) = torch.autograd.grad((gr * gr).sum(), xr)
+    torch.testing.assert_close(gg, ggr)
