@@ -21,7 +21,7 @@ from torch import Tensor
 from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnn_ext.*)
 from .reference import elman_rnn_reference
 
-__all__ = ["elman_rnn", "elman_cell", "has_cuda_kernels"]
+__all__ = ["elman_rnn", "elman_cell", "has_cuda_kernels", "set_cuda_persistent", "get_cuda_persistent"]
 
 LengthsLike = Union[Tensor, Sequence[int], None]
 
@@ -86,6 +86,10 @@ def elman_rnn(
     Gradients flow to ``input``, ``h_0``, the weights and the biases through the fused
     ``rnn_ext::elman_backward`` operator. Double backward (``create_graph=True``) is computed
     by differentiating a step-by-step recomputation in PyTorch operations (exact, slower).
+
+    On CUDA the recurrence runs either as one persistent kernel or as a cuBLAS step loop
+    (:func:`set_cuda_persistent` chooses); under ``torch.autocast("cuda")`` the floating
+    arguments (not float64) are cast to the autocast dtype, as for :class:`torch.nn.RNN`.
     """
     return torch.ops.rnn_ext.elman_forward(
         input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, reverse,

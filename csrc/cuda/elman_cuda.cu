@@ -118,12 +118,13 @@ __device__ __forceinline__ int64_t first_backward_step(const int64_t* len, int64
 // ga_t[b, j] for one element: (gy + g) * phi'(h), where g is what flows back through the
 // state: the GEMM's g_carry (absent at the first backward step) plus grad_h_n at the step where
 // the sequence's h_n was produced. Steps past the sequence's end (t >= lengths[b]) get 0.
+// The same with gy_t[b, j] and h_t[b, j] already loaded.
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t backward_pointwise(acc_t g_carry, const scalar_t* gy_t,
-                                                    const scalar_t* grad_h_n,
-                                                    const scalar_t* h_t, const int64_t* len,
-                                                    int64_t t, int64_t T, bool reverse, int64_t b,
-                                                    int64_t bh, Activation act) {
+__device__ __forceinline__ acc_t backward_pointwise_values(acc_t g_carry, acc_t gy, acc_t h,
+                                                           const scalar_t* grad_h_n,
+                                                           const int64_t* len, int64_t t,
+                                                           int64_t T, bool reverse, int64_t b,
+                                                           int64_t bh, Activation act) {
   if (len != nullptr && t >= len[b]) {
     return acc_t(0);
   }
@@ -131,8 +132,18 @@ __device__ __forceinline__ acc_t backward_pointwise(acc_t g_carry, const scalar_
   if (grad_h_n != nullptr && t == first_backward_step(len, b, T, reverse)) {
     g += static_cast<acc_t>(grad_h_n[bh]);
   }
-  return preactivation_grad<acc_t>(static_cast<acc_t>(gy_t[bh]), g,
-                                   static_cast<acc_t>(h_t[bh]), act);
+  return preactivation_grad<acc_t>(gy, g, h, act);
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t backward_pointwise(acc_t g_carry, const scalar_t* gy_t,
+                                                    const scalar_t* grad_h_n,
+                                                    const scalar_t* h_t, const int64_t* len,
+                                                    int64_t t, int64_t T, bool reverse, int64_t b,
+                                                    int64_t bh, Activation act) {
+  return backward_pointwise_values<scalar_t, acc_t>(
+      g_carry, static_cast<acc_t>(gy_t[bh]), static_cast<acc_t>(h_t[bh]), grad_h_n, len, t, T,
+      reverse, b, bh, act);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,14 +281,21 @@ __device__ void load_weight_slice(acc_t* ws, const scalar_t* w, int64_t H, int64
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void load_state_tile(acc_t* hs, const scalar_t* src, int64_t B,
                                                 int64_t H, int64_t b0, int bt, int ldk) {
-  // The planner keeps bt * H and B * H below 2^31: 32-bit index arithmetic.
+  // Row by row (no division per element); the loads of a row are independent, in flight together.
   const int h = static_cast<int>(H);
-  const int n = bt * h;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int r = i / h;
-    const int k = i - r * h;
+  for (int r = 0; r < bt; ++r) {
     const int64_t b = b0 + r;
-    hs[r * ldk + k] = b < B ? static_cast<acc_t>(load_cg(src + b * H + k)) : acc_t(0);
+    acc_t* dst = hs + r * ldk;
+    if (b < B) {
+      const scalar_t* row = src + b * H;
+      for (int k = threadIdx.x; k < h; k += blockDim.x) {
+        dst[k] = static_cast<acc_t>(load_cg(row + k));
+      }
+    } else {
+      for (int k = threadIdx.x; k < h; k += blockDim.x) {
+        dst[k] = acc_t(0);
+      }
+    }
   }
 }
 
@@ -371,12 +389,26 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t t = a.reverse ? T - 1 - s : s;
     const scalar_t* hcur = hbuf + (s & 1) * B * H;
     scalar_t* hnext = hbuf + ((s + 1) & 1) * B * H;
+    scalar_t* out_t = out + t * B * H;
+    // This thread's inputs from the projection, loaded now so that they arrive during the
+    // state tile's load and the dot products (they do not depend on the recurrence).
+    acc_t xp[RB][RJ];
+#pragma unroll
+    for (int r = 0; r < RB; ++r) {
+#pragma unroll
+      for (int c = 0; c < RJ; ++c) {
+        const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
+        const int64_t j = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
+        xp[r][c] = ((r * RJ + c) % a.ks == role.ks && b < B && j < H)
+                       ? static_cast<acc_t>(out_t[b * H + j])
+                       : acc_t(0);
+      }
+    }
     load_state_tile<scalar_t, acc_t>(hs, hcur, B, H, role.b0, bt, a.ldk);
     __syncthreads();  // also orders the weight slice's load before its first use
     acc_t acc[RB][RJ];
     tile_dot<acc_t, RB, RJ>(acc, hs, ws, H, role.ks, a.ks, role.gb, a.gb, role.gj, a.gj, a.ldk,
                             a.ldj);
-    scalar_t* out_t = out + t * B * H;
 #pragma unroll
     for (int r = 0; r < RB; ++r) {
 #pragma unroll
@@ -390,7 +422,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
           continue;
         }
         const int64_t i = b * H + j;
-        const acc_t y = activate<acc_t>(acc[r][c] + static_cast<acc_t>(out_t[i]), a.act);
+        const acc_t y = activate<acc_t>(acc[r][c] + xp[r][c], a.act);
         if (a.len == nullptr || t < a.len[b]) {
           const scalar_t ys = static_cast<scalar_t>(y);
           out_t[i] = ys;
@@ -449,15 +481,33 @@ __global__ void __launch_bounds__(kPersistentThreads)
   }
   grid.sync();
 
+  // Small register tiles load this step's gy and y before the dot products (they do not depend
+  // on the recurrence); larger tiles (and float64 beyond 2 outputs) would spill registers.
+  constexpr bool kPrefetch = RB * RJ <= (sizeof(acc_t) == 8 ? 2 : 4);
   for (int64_t u = 0; u + 1 < T; ++u) {
     const int64_t t = step_time(u);
     const int64_t tn = step_time(u + 1);
+    const int64_t off = tn * B * H;
+    acc_t gyv[RB][RJ];
+    acc_t yv[RB][RJ];
+    if constexpr (kPrefetch) {
+#pragma unroll
+      for (int r = 0; r < RB; ++r) {
+#pragma unroll
+        for (int c = 0; c < RJ; ++c) {
+          const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
+          const int64_t k = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
+          const bool mine = (r * RJ + c) % a.ks == role.ks && b < B && k < H;
+          gyv[r][c] = mine ? static_cast<acc_t>(gy[off + b * H + k]) : acc_t(0);
+          yv[r][c] = mine ? static_cast<acc_t>(y[off + b * H + k]) : acc_t(0);
+        }
+      }
+    }
     load_state_tile<scalar_t, acc_t>(hs, ga + t * B * H, B, H, role.b0, bt, a.ldk);
     __syncthreads();
     acc_t acc[RB][RJ];  // g[b, k] = sum_j ga_t[b, j] W_hh[j, k]
     tile_dot<acc_t, RB, RJ>(acc, hs, ws, H, role.ks, a.ks, role.gb, a.gb, role.gj, a.gj, a.ldk,
                             a.ldj);
-    const int64_t off = tn * B * H;
 #pragma unroll
     for (int r = 0; r < RB; ++r) {
 #pragma unroll
@@ -470,8 +520,16 @@ __global__ void __launch_bounds__(kPersistentThreads)
         if (b >= B || k >= H) {
           continue;
         }
-        ga[off + b * H + k] = static_cast<scalar_t>(backward_pointwise<scalar_t, acc_t>(
-            acc[r][c], gy + off, ghn, y + off, a.len, tn, T, a.reverse, b, b * H + k, a.act));
+        const int64_t bh = b * H + k;
+        acc_t v;
+        if constexpr (kPrefetch) {
+          v = backward_pointwise_values<scalar_t, acc_t>(acc[r][c], gyv[r][c], yv[r][c], ghn,
+                                                         a.len, tn, T, a.reverse, b, bh, a.act);
+        } else {
+          v = backward_pointwise<scalar_t, acc_t>(acc[r][c], gy + off, ghn, y + off, a.len, tn,
+                                                  T, a.reverse, b, bh, a.act);
+        }
+        ga[off + bh] = static_cast<scalar_t>(v);
       }
     }
     grid.sync();
