@@ -118,7 +118,9 @@ def machine_info(device: str) -> Dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # Uncommitted changes to the code (results files and the README they feed excluded).
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                               ":!benchmarks/results", ":!README.md")),
     }
     try:
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]

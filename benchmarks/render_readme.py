@@ -54,20 +54,28 @@ def _machine(doc: Dict[str, Any]) -> str:
     la, lb = m.get("load_average"), doc.get("load_average_at_end")
     if la:
         parts.append(f"load average {la[0]:.2f} at start"
-                     + (f", {lb[0]:.2f} at end" if lb else ""))
+                     + (f", {lb[0]:.2f} at end (the benchmark's own threads included)"
+                        if lb else ""))
     return "; ".join(parts)
 
 
 def _busy_warning(doc: Dict[str, Any]) -> List[str]:
-    """A warning paragraph when the machine was busy during the run (1-minute load average,
-    at start or end, above half its logical CPUs), else nothing."""
+    """A warning paragraph when other work loaded the machine during the run, else nothing.
+
+    Busy: the larger 1-minute load average (start or end) less the benchmark's own threads
+    above half the logical CPUs. The own threads count in the end value, and in the start
+    value when another benchmark ran just before (as in run_cpu_benchmarks.sh).
+    """
     m = doc["machine"]
-    loads = [x[0] for x in (m.get("load_average"), doc.get("load_average_at_end")) if x]
     cpus = m.get("logical_cpus") or 1
-    if not loads or max(loads) <= cpus / 2:
+    own = (doc["settings"].get("threads") or 1) if doc["device"] == "cpu" else 1
+    start, end = m.get("load_average"), doc.get("load_average_at_end")
+    loads = [x[0] for x in (start, end) if x]
+    if not loads or max(loads) - own <= cpus / 2:
         return []
-    return [f"**Caution:** the machine was busy during this run (load average up to "
-            f"{max(loads):.1f} on {cpus} logical CPUs: other work ran beside it); timings "
+    return [f"**Caution:** the machine was busy during this run (load average "
+            f"{start[0] if start else '?'} at start, {end[0] if end else '?'} at end with this "
+            f"benchmark's {own} threads, on {cpus} logical CPUs); timings "
             "are distorted, in either direction. Re-run on a quiet machine before quoting "
             "these numbers.", ""]
 
