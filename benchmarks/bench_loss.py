@@ -1,152 +1,178 @@
-"""Benchmark of the fused sequence losses against the lesson's and PyTorch's calls.
+"""Benchmark rnn_ext.seq_nll_loss / seq_cross_entropy against the lesson's and PyTorch's losses.
 
-Times forward + backward (the gradient with respect to the loss's input, by
-torch.autograd.grad, so nothing accumulates between runs) of
+Per shape (T, B, C) and dtype, on one device, same inputs for every implementation:
 
-  NLL   rnn_ext.seq_nll_loss(log_probs, target)
-        vs the lesson's nll_loss_seq: F.nll_loss(inp.view(-1, nh),
-                                                  targ.transpose(0, 1).contiguous().view(-1))
-  CE    rnn_ext.seq_cross_entropy(logits, target)
-        vs F.cross_entropy on the flattened pair
-        vs F.log_softmax followed by the lesson's nll_loss_seq
+From log-probabilities ``(T, B, C)`` with targets ``(B, T)`` (the lesson's CharSeqRnn layout):
 
-at the lesson's shape (T=8, B=512, C=85) and a large one (T=256, B=64, C=10000), float32, with
-torch.utils.benchmark.Timer (median and IQR of blocked runs), and writes a JSON with the
-machine, torch version, thread count, date, every median / IQR and the ratios
-(baseline median / fused median: above 1 means the fused path is faster).
+- ``lesson_nll`` (baseline): the notebook's ``nll_loss_seq``: ``targ.transpose(0, 1)
+  .contiguous().view(-1)``, ``F.nll_loss(inp.view(-1, C), targ)``.
+- ``seq_nll_loss``: ``rnn_ext.seq_nll_loss(log_probs, target)``.
 
-Usage:
-    python benchmarks/bench_loss.py [--quick] [--device cpu|cuda] [--out PATH]
+From raw logits ``(T, B, C)``:
+
+- ``cross_entropy`` (baseline): ``F.cross_entropy(logits.view(-1, C), target.t().reshape(-1))``.
+- ``lesson_log_softmax_nll``: ``F.log_softmax(logits, -1)`` then the notebook's ``nll_loss_seq``.
+- ``seq_cross_entropy``: ``rnn_ext.seq_cross_entropy(logits, target)``.
+
+``forward`` is the loss alone (no_grad); ``fwd_bwd`` the loss and its gradient with respect to
+the log-probabilities / logits; peak memory is that of ``fwd_bwd`` (``common.PEAK_MEMORY_METHOD``).
+Implementations missing from this build of rnn_ext are recorded as skipped.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import platform
-import subprocess
 import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.benchmark import Timer
 
-import rnn_ext
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
-SHAPES = [(8, 512, 85), (256, 64, 10000)]
+import rnn_ext  # noqa: E402
+
+SCRIPT = "bench_loss"
+
+# (group, T, B, C): the lesson's CharSeqRnn batch (8 characters, bs 512, vocab 85); a longer
+# character sequence; a word-level vocabulary (on the GPU also a large word-level batch,
+# 256 x 64 x 10000: 655 MB of logits in float32).
+SHAPES = [("lesson", 8, 512, 85), ("char_long", 100, 64, 85), ("word_vocab", 35, 32, 10000)]
+GPU_SHAPES = SHAPES + [("word_large", 256, 64, 10000)]
+QUICK_SHAPES = [("quick", 5, 4, 7)]
 
 
 def nll_loss_seq(inp, targ):
-    """The lesson's loss (fast.ai dl1 lesson6-rnn.ipynb)."""
+    """The notebook's ``nll_loss_seq`` (fast.ai lesson 6): ``inp (T, B, C)``, ``targ (B, T)``."""
     sl, bs, nh = inp.size()
     targ = targ.transpose(0, 1).contiguous().view(-1)
     return F.nll_loss(inp.view(-1, nh), targ)
 
 
-def cases():
-    """(family, name, function of (input, target) -> loss); the first of each family is the
-    fused one."""
-    return [
-        ("nll", "rnn_ext.seq_nll_loss", lambda x, y: rnn_ext.seq_nll_loss(x, y)),
-        ("nll", "lesson nll_loss_seq (F.nll_loss, transposed copy)", nll_loss_seq),
-        ("ce", "rnn_ext.seq_cross_entropy", lambda x, y: rnn_ext.seq_cross_entropy(x, y)),
-        ("ce", "F.cross_entropy (flattened pair)",
-         lambda x, y: F.cross_entropy(x.view(-1, x.shape[-1]),
-                                      y.transpose(0, 1).contiguous().view(-1))),
-        ("ce", "F.log_softmax + lesson nll_loss_seq",
-         lambda x, y: nll_loss_seq(F.log_softmax(x, -1), y)),
-    ]
+def implementations() -> Dict[str, Dict[str, Optional[Callable]]]:
+    """kind ("log_probs" | "logits") -> name -> loss function of (x (T,B,C), target (B,T)),
+    or None where this build of rnn_ext lacks it. The first of each kind is the baseline."""
+    return {
+        "log_probs": {
+            "lesson_nll": nll_loss_seq,
+            "seq_nll_loss": getattr(rnn_ext, "seq_nll_loss", None),
+        },
+        "logits": {
+            "cross_entropy": lambda x, t: F.cross_entropy(x.reshape(-1, x.shape[-1]),
+                                                          t.t().reshape(-1)),
+            "lesson_log_softmax_nll": lambda x, t: nll_loss_seq(F.log_softmax(x, -1), t),
+            "seq_cross_entropy": getattr(rnn_ext, "seq_cross_entropy", None),
+        },
+    }
 
 
-def machine_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
+def run_case(group: str, T: int, B: int, C: int, dtype: torch.dtype, args) -> List[Dict[str, Any]]:
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    logits = torch.randn(T, B, C, device=dev, dtype=dtype)
+    log_probs = F.log_softmax(logits.float(), -1).to(dtype)
+    target = torch.randint(0, C, (B, T), device=dev)
+    rows: List[Dict[str, Any]] = []
+    for kind, impls in implementations().items():
+        x = (log_probs if kind == "log_probs" else logits).detach().requires_grad_(True)
+        base_name = next(iter(impls))
+        row0 = {"group": group, "label": f"T{T} B{B} C{C}", "T": T, "B": B, "C": C,
+                "dtype": str(dtype).replace("torch.", ""), "input": kind, "baseline": base_name}
+        ok: Dict[str, Callable] = {}
+        kind_rows: Dict[str, Dict[str, Any]] = {}
+        ref = None
+        for name, fn in impls.items():
+            row = kind_rows[name] = {**row0, "impl": name}
+            if fn is None:
+                row["skipped"] = "not in this build of rnn_ext"
+                continue
+            try:
+                loss = fn(x, target)
+                (g,) = torch.autograd.grad(loss, [x])
+                got = (loss.detach().float(), g.float())
+                if ref is None:
+                    ref = got
+                row["max_abs_diff_loss"] = float((got[0] - ref[0]).abs().max())
+                row["max_abs_diff_grad"] = float((got[1] - ref[1]).abs().max())
+                ok[name] = fn
+            except Exception as e:  # noqa: BLE001 - recorded
+                row["error"] = f"{type(e).__name__}: {e}"[:500]
+
+        def fwd(fn):
+            def f():
+                with torch.no_grad():
+                    return fn(x, target)
+            return f
+
+        def fwd_bwd(fn):
+            return lambda: torch.autograd.grad(fn(x, target), [x])
+
+        ft = common.time_interleaved({k: fwd(f) for k, f in ok.items()}, args.device,
+                                     args.threads, args.min_run_time, args.rounds)
+        fbt = common.time_interleaved({k: fwd_bwd(f) for k, f in ok.items()}, args.device,
+                                      args.threads, args.min_run_time, args.rounds)
+        for name, fn in ok.items():
+            r = kind_rows[name]
+            r["forward"], r["fwd_bwd"] = ft[name], fbt[name]
+            r["peak_memory_bytes"] = common.peak_memory_bytes(fwd_bwd(fn), args.device)
+        b = kind_rows[base_name]
+        for name in ok:
+            r = kind_rows[name]
+            if "forward" in b:
+                r["speedup_forward"] = b["forward"]["median_s"] / r["forward"]["median_s"]
+                r["speedup_fwd_bwd"] = b["fwd_bwd"]["median_s"] / r["fwd_bwd"]["median_s"]
+                r["memory_ratio"] = (r["peak_memory_bytes"] / b["peak_memory_bytes"]
+                                     if b["peak_memory_bytes"] else None)
+        rows += kind_rows.values()
+    return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="shorter timing (0.2 s per case instead of 2 s)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", default=None,
-                        help="comma-separated CPU thread counts to time, e.g. 1,2 (default: "
-                             "torch.get_num_threads())")
-    parser.add_argument("--out", default=None,
-                        help="JSON path (default benchmarks/results/bench_loss_<device>.json)")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    out_path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                        f"bench_loss_{args.device}.json")
-    min_run_time = 0.2 if args.quick else 2.0
-    thread_counts = ([int(n) for n in args.threads.split(",")] if args.threads
-                     else [torch.get_num_threads()])
-    results = []
-    for threads, (T, B, C) in [(n, shape) for n in thread_counts for shape in SHAPES]:
-        gen = torch.Generator().manual_seed(0)
-        logits = torch.randn(T, B, C, generator=gen).to(device)
-        log_probs = logits.log_softmax(-1)
-        target = torch.randint(0, C, (B, T), generator=gen).to(device)
-        fused_median = {}
-        for family, name, fn in cases():
-            x = (log_probs if family == "nll" else logits).detach().requires_grad_()
-            # check that the case computes the same loss and gradient as the fused one
-            loss = fn(x, target)
-            (grad,) = torch.autograd.grad(loss, x)
-            if family not in fused_median:
-                ref_loss, ref_grad = loss.detach(), grad
-            else:
-                torch.testing.assert_close(loss.detach(), ref_loss, rtol=1e-4, atol=1e-5)
-                torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
-            del grad
-            timer = Timer(
-                stmt="torch.autograd.grad(fn(x, target), x)",
-                globals=dict(torch=torch, fn=fn, x=x, target=target),
-                num_threads=threads, label="sequence loss, forward + backward",
-                sub_label=f"T={T} B={B} C={C}", description=name,
-            )
-            m = timer.blocked_autorange(min_run_time=min_run_time)
-            row = dict(family=family, case=name, threads=threads, T=T, B=B, C=C,
-                       median_s=m.median, iqr_s=m.iqr, min_s=min(m.times), runs=len(m.times),
-                       number_per_run=m.number_per_run)
-            if family not in fused_median:
-                fused_median[family] = (m.median, min(m.times))
-            else:
-                row["ratio_baseline_over_fused"] = m.median / fused_median[family][0]
-                row["ratio_of_min_baseline_over_fused"] = min(m.times) / fused_median[family][1]
-            results.append(row)
-            ratio = row.get("ratio_baseline_over_fused")
-            speed = f"  baseline / fused = {ratio:.2f}" if ratio else ""
-            print(f"threads={threads} T={T:4d} B={B:4d} C={C:6d}  {name:50s} "
-                  f"median {m.median * 1e3:9.3f} ms  IQR {m.iqr * 1e3:8.3f} ms{speed}", flush=True)
-            del x, loss
-    report = dict(
-        benchmark="bench_loss",
-        device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        machine=machine_name(), platform=platform.platform(), python=sys.version.split()[0],
-        torch=torch.__version__, threads=thread_counts,
-        cpu_count=os.cpu_count(),
-        load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        dtype="float32", quick=args.quick, min_run_time_s=min_run_time,
-        note=("ratio_baseline_over_fused = baseline median / fused median (> 1: fused faster); "
-              "ratio_of_min_* the same with the fastest block. load_average is the machine's at "
-              "the end of the run: a shared machine makes medians noisy, multi-threaded most."),
-        results=results,
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"wrote {out_path}")
-    return 0
+def main(argv: Optional[List[str]] = None) -> Path:
+    p = common.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--shape", action="append",
+                   help="a shape T,B,C (repeatable); replaces the default shapes")
+    args = p.parse_args(argv)
+    common.resolve_common(args, "float32")
+    if args.shape:
+        try:
+            shapes = [("custom", *map(int, s.split(","))) for s in args.shape]
+            assert all(len(s) == 4 for s in shapes)
+        except (ValueError, AssertionError):
+            sys.exit("--shape: expected T,B,C with integers")
+    else:
+        shapes = QUICK_SHAPES if args.quick else (GPU_SHAPES if args.device == "cuda"
+                                                  else SHAPES)
+    machine = common.machine_info(args.device)
+    runs = [(s, d) for d in args.dtypes for s in shapes]
+    results: List[Dict[str, Any]] = []
+    for (group, T, B, C), d in common.progress(runs, desc=SCRIPT, disable=args.no_progress):
+        results += run_case(group, T, B, C, common.DTYPES[d], args)
+    settings = {"quick": args.quick, "threads": args.threads, "min_run_time_s": args.min_run_time,
+                "rounds": args.rounds, "dtypes": args.dtypes,
+                "shapes": [dict(zip(("group", "T", "B", "C"), s)) for s in shapes]}
+    methods = {
+        "timing": common.TIMING_METHOD[args.device],
+        "forward": "loss(x, target) under torch.no_grad()",
+        "fwd_bwd": "torch.autograd.grad(loss(x, target), [x])",
+        "peak_memory": common.PEAK_MEMORY_METHOD[args.device],
+        "speedup": "baseline median / this median (baseline: lesson_nll for log-probs, "
+                   "F.cross_entropy for logits)",
+    }
+    path = common.write_results(common.results_path(SCRIPT, args.device, args.out), SCRIPT,
+                                args.device, settings, results, methods, machine)
+    for r in results:
+        if "forward" in r:
+            print(f"{r['label']:18} {r['dtype']:9} {r['impl']:24} "
+                  f"fwd {common.fmt_time(r['forward']['median_s']):>10} "
+                  f"fwd+bwd {common.fmt_time(r['fwd_bwd']['median_s']):>10} "
+                  f"x{r['speedup_fwd_bwd']:.2f} mem {common.fmt_bytes(r['peak_memory_bytes'])}")
+        else:
+            print(f"{r['label']:18} {r['dtype']:9} {r['impl']:24} "
+                  f"{r.get('skipped') or r.get('error')}")
+    print(f"wrote {path}")
+    return path
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -12,6 +12,8 @@
 #   4. the other tests, quickly (-x, short timeout)                      -> $OUT/test_rest.log
 #   5. GPU benchmark: benchmarks/bench_cuda.py                           -> $OUT/bench.log,
 #                                                                          $OUT/bench_cuda.json
+#   6. benchmark suite: benchmarks/run_gpu_benchmarks.sh short (bench_rnn/loss/train.py, plots;
+#      RNN_EXT_BENCH_SUITE=off|quick|short|full; about 2 more minutes) -> $OUT/suite.log, suite/
 # and prints a short summary last (also $OUT/summary.txt). The tests run from outside the
 # source tree so that they import the installed package (the tree has no compiled _C).
 # Exit status: 0 when every stage passed, else 1.
@@ -69,15 +71,28 @@ timeout $(( left + 20 )) "$PY" "$REPO/benchmarks/bench_cuda.py" --json "$OUT/ben
   --budget "$(( left > 60 ? left - 40 : 20 ))" > "$OUT/bench.log" 2>&1
 RC[bench]=$?
 
+# 6. The benchmark suite (bench_rnn/bench_loss/bench_train.py and their plots) on the installed
+#    package: RNN_EXT_BENCH_SUITE=short (default, about 2 minutes), quick, full or off.
+#    JSON and PNG files -> $OUT/suite/ (copy them to benchmarks/results/ to commit them).
+SUITE="${RNN_EXT_BENCH_SUITE:-short}"
+if [ "$SUITE" != off ]; then
+  (cd /tmp && timeout 300 bash "$REPO/benchmarks/run_gpu_benchmarks.sh" "$SUITE" "$OUT/suite") \
+    > "$OUT/suite.log" 2>&1
+  RC[suite]=$?
+else
+  RC[suite]=0
+fi
+
 # Summary, printed last.
 {
   echo "== device_check summary ($(elapsed)s) =="
-  for k in build import test_cuda test_rest bench; do echo "$k: rc=${RC[$k]}"; done
+  for k in build import test_cuda test_rest bench suite; do echo "$k: rc=${RC[$k]}"; done
   echo "-- test_cuda:"; tail -n 3 "$OUT/test_cuda.log"
   grep -E "^(FAILED|ERROR)" "$OUT/test_cuda.log" | head -n 15
   echo "-- test_rest:"; tail -n 2 "$OUT/test_rest.log"
   echo "-- bench (table last):"; tail -n 40 "$OUT/bench.log"
+  echo "-- suite ($SUITE):"; grep -E "FAILED|rnn_ext +|wrote" "$OUT/suite.log" | tail -n 30
 } > "$OUT/summary.txt" 2>&1
 cat "$OUT/summary.txt"
-for k in build import test_cuda test_rest bench; do [ "${RC[$k]}" -eq 0 ] || exit 1; done
+for k in build import test_cuda test_rest bench suite; do [ "${RC[$k]}" -eq 0 ] || exit 1; done
 exit 0

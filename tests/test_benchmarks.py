@@ -1,0 +1,174 @@
+"""Smoke tests of the benchmark scripts: each runs on tiny shapes and writes well-formed JSON.
+
+No timing is asserted (timings depend on the machine); the tests check the files' structure,
+that every implementation computed the same thing as the baseline (max_abs_diff), that the
+memory method sees a known allocation, and that the README section is built from the files.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+
+FAST = ["--min-run-time", "0.005", "--rounds", "1", "--no-progress", "--threads", "1"]
+
+
+def _stats_ok(s):
+    assert set(s) >= {"median_s", "iqr_s", "min_s", "n"}
+    assert s["median_s"] > 0 and s["iqr_s"] >= 0 and s["n"] >= 1
+
+
+def _machine_ok(doc, device="cpu"):
+    assert doc["schema"] == common.SCHEMA and doc["device"] == device
+    m = doc["machine"]
+    for k in ("date_utc", "cpu", "torch", "torch_threads", "load_average", "rnn_ext"):
+        assert k in m, k
+    assert m["torch"] == torch.__version__
+
+
+def test_peak_memory_sees_a_known_allocation():
+    n = 1 << 20  # 4 MiB of float32
+
+    def step():
+        a = torch.empty(n)
+        b = torch.empty(n // 2)
+        del a
+        c = torch.empty(n // 4)
+        return b, c
+
+    peak = common.peak_memory_bytes(step, "cpu")
+    # a and b live together: 6 MiB; after a is freed b + c = 3 MiB.
+    assert 6 * 2**20 <= peak < 6 * 2**20 + 4096
+
+
+def test_stats():
+    s = common.stats([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s["median_s"] == 3.0 and s["min_s"] == 1.0 and s["n"] == 5
+    assert s["iqr_s"] == pytest.approx(2.0)
+
+
+def test_bench_rnn_quick(tmp_path):
+    import bench_rnn
+
+    out = tmp_path / "bench_rnn_cpu.json"
+    bench_rnn.main(["--quick", "--shape", "4,2,3,5", "--shape", "3,2,3,5,2,bi",
+                    "--out", str(out), *FAST])
+    doc = json.loads(out.read_text())
+    _machine_ok(doc)
+    assert doc["script"] == "bench_rnn"
+    rows = doc["results"]
+    assert [(r["impl"], r["layers"], r["bidirectional"]) for r in rows] == [
+        ("torch", 1, False), ("rnn_ext", 1, False), ("torch", 2, True), ("rnn_ext", 2, True)]
+    for r in rows:
+        assert "error" not in r, r.get("error")
+        _stats_ok(r["forward"])
+        _stats_ok(r["fwd_bwd"])
+        assert r["peak_memory_bytes"] > 0
+        assert r["max_abs_diff_output"] < 1e-5 and r["max_abs_diff_grad"] < 1e-5
+        assert r["speedup_fwd_bwd"] > 0
+    assert rows[0]["speedup_forward"] == 1.0 and rows[0]["memory_ratio"] == 1.0
+    assert "peak_memory" in doc["methods"]
+
+
+def test_bench_rnn_targets_and_floor():
+    import bench_rnn
+
+    shape = bench_rnn.Shape("lesson", 8, 512, 42, 256)
+    assert bench_rnn.CPU_TARGETS[shape.key] == 1.3
+    fl = bench_rnn.gpu_floor("NVIDIA H200", shape, torch.float32, tf32=False)
+    # 2*B*H^2 / 67 TFLOP/s = 1.0 us for B 512, H 256: about the barrier
+    assert fl["step_s"] == pytest.approx(max(1e-6, 2 * 512 * 256**2 / 67e12))
+    assert fl["fwd_bwd_s"] > fl["forward_s"] > 8 * fl["step_s"]
+    assert bench_rnn.gpu_floor("Some Other GPU", shape, torch.float32, False) is None
+
+
+def test_bench_loss_quick(tmp_path):
+    import bench_loss
+
+    out = tmp_path / "bench_loss_cpu.json"
+    bench_loss.main(["--quick", "--shape", "3,2,5", "--out", str(out), *FAST])
+    doc = json.loads(out.read_text())
+    _machine_ok(doc)
+    impls = [r["impl"] for r in doc["results"]]
+    assert impls == ["lesson_nll", "seq_nll_loss", "cross_entropy", "lesson_log_softmax_nll",
+                     "seq_cross_entropy"]
+    for r in doc["results"]:
+        if "skipped" in r:
+            assert r["impl"].startswith("seq_")
+            continue
+        assert "error" not in r, r.get("error")
+        _stats_ok(r["fwd_bwd"])
+        assert r["max_abs_diff_loss"] < 1e-5 and r["max_abs_diff_grad"] < 1e-5
+
+
+def test_bench_train_quick(tmp_path):
+    import bench_train
+
+    out = tmp_path / "bench_train_cpu.json"
+    bench_train.main(["--quick", "--text-chars", "3000", "--bs", "32", "--n-fac", "4",
+                      "--n-hidden", "8", "--out", str(out), *FAST])
+    doc = json.loads(out.read_text())
+    _machine_ok(doc)
+    try:
+        import rnn_ext.lesson  # noqa: F401
+    except ImportError:
+        assert doc["results"] == [] and "rnn_ext.lesson" in doc["settings"]["skipped"]
+        return
+    rows = doc["results"]
+    assert [(r["model"], r["impl"]) for r in rows] == [
+        ("CharRnn", "torch"), ("CharRnn", "rnn_ext"),
+        ("CharSeqRnn", "torch"), ("CharSeqRnn", "rnn_ext")]
+    for r in rows:
+        _stats_ok(r["step"])
+        assert r["chars_per_s"] > 0 and r["peak_memory_bytes"] > 0
+        # same initial weights and first batch: the same first loss
+        assert r["first_loss_diff"] < 1e-4
+
+
+def _fake_results(tmp_path, monkeypatch):
+    """A results directory holding one small, non-quick bench_rnn file whose shape has a
+    target (a stand-in for the operator issue's shapes, which take longer)."""
+    import bench_rnn
+
+    monkeypatch.setattr(bench_rnn, "CPU_TARGETS", {(4, 3, 3, 5, 1, False): 1.3})
+    res = tmp_path / "results"
+    out = res / "bench_rnn_cpu.json"
+    bench_rnn.main(["--shape", "4,3,3,5", "--out", str(out), *FAST])
+    return res
+
+
+def test_render_readme_and_plots(tmp_path, monkeypatch):
+    import render_readme
+
+    res = _fake_results(tmp_path, monkeypatch)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Performance\n\n<!-- perf:start -->\nold\n<!-- perf:end -->\ntail\n")
+    assert render_readme.main(["--readme", str(readme), "--results", str(res)]) == 0
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- perf:end -->\ntail\n")
+    doc = json.loads((res / "bench_rnn_cpu.json").read_text())
+    ours = [r for r in doc["results"] if r["impl"] == "rnn_ext"][0]
+    # the speed-up in the README is the file's, and the target column is there
+    assert f"{ours['speedup_fwd_bwd']:.2f}x" in text
+    assert "≥ 1.3x" in text and ours["target"]["speedup_fwd_bwd_min"] == 1.3
+    assert isinstance(ours["meets_target"], bool)
+    assert render_readme.main(["--readme", str(readme), "--results", str(res), "--check"]) == 0
+    readme.write_text(text.replace("T4 B3", "T9 B3"))
+    assert render_readme.main(["--readme", str(readme), "--results", str(res), "--check"]) == 1
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit):
+        render_readme.main(["--readme", str(readme), "--results", str(res)])
+
+    pytest.importorskip("matplotlib")
+    import plot_results
+
+    pngs = plot_results.main([str(res / "bench_rnn_cpu.json"), "--outdir", str(tmp_path)])
+    assert [p.name for p in pngs] == ["bench_rnn_cpu.png"]
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
