@@ -30,11 +30,13 @@ TORCH_LIBRARY(rnn_ext, m) {
   // Gradients of elman_forward given grad_output (T, B, H), grad_h_n (B, H) and the forward's
   // output. Returns grad_input (T, B, I), grad_h_0 (B, H), grad_weight_ih (H, I),
   // grad_weight_hh (H, H), grad_bias (H) (the gradient of bias_ih and of bias_hh alike).
+  // output_mask = (grad_input wanted, grad_h_0 wanted): an unwanted one is returned as zeros
+  // without its GEMM (autograd passes needs_input_grad, e.g. no grad_h_0 when h_0 is a constant).
   m.def(
       "elman_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor h_0, "
       "Tensor weight_ih, Tensor weight_hh, Tensor output, str nonlinearity, bool reverse, "
-      "Tensor? lengths) -> (Tensor grad_input, Tensor grad_h_0, Tensor grad_weight_ih, "
-      "Tensor grad_weight_hh, Tensor grad_bias)");
+      "Tensor? lengths, bool[2] output_mask=[True, True]) -> (Tensor grad_input, "
+      "Tensor grad_h_0, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias)");
   // One time step with nn.RNNCell semantics: input (B, I), hx (B, H) -> hy (B, H).
   m.def(
       "elman_cell_forward(Tensor input, Tensor hx, Tensor weight_ih, Tensor weight_hh, "

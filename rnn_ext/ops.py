@@ -108,7 +108,7 @@ def _elman_forward_fake(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, nonl
 
 @torch.library.register_fake("rnn_ext::elman_backward")
 def _elman_backward_fake(grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, output,
-                         nonlinearity, reverse, lengths):
+                         nonlinearity, reverse, lengths, output_mask=(True, True)):
     H = weight_hh.shape[0]
     return (
         torch.empty_like(input, memory_format=torch.contiguous_format),
@@ -162,7 +162,7 @@ def _elman_backward(ctx, grad_output, grad_h_n):
         return (*grads, None, None, None)
     gx, gh0, gwih, gwhh, gb = torch.ops.rnn_ext.elman_backward(
         grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, out, ctx.nonlinearity,
-        ctx.reverse, lengths,
+        ctx.reverse, lengths, [ctx.needs_input_grad[0], ctx.needs_input_grad[1]],
     )
     return (
         gx, gh0, gwih, gwhh,

@@ -460,3 +460,38 @@ def test_all_combinations_hit_the_same_kernel_as_reference():
         want = elman_rnn_reference(*args, nonlinearity, reverse, lt)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("x_grad,h_grad", [(True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("reverse,lengths", [(False, None), (True, [4, 2, 3])])
+def test_gradients_when_input_or_h_0_is_a_constant(x_grad, h_grad, reverse, lengths):
+    """autograd asks the backward op only for what it needs (output_mask); the rest is exact."""
+    args = [a.detach() if a is not None else None for a in _small_case()]
+    x, h0, *weights = args
+    x.requires_grad_(x_grad)
+    h0.requires_grad_(h_grad)
+    for w in weights:
+        w.requires_grad_()
+    lt = None if lengths is None else torch.tensor(lengths)
+    inputs = [t for t in (x, h0) if t.requires_grad] + weights
+    out, hn = elman_rnn(x, h0, *weights, reverse=reverse, lengths=lt)
+    out_r, hn_r = elman_rnn_reference(x, h0, *weights, reverse=reverse, lengths=lt)
+    gy, gh = torch.randn_like(out), torch.randn_like(hn)
+    _assert_close_all(_grads((out, hn), inputs, (gy, gh)),
+                      _grads((out_r, hn_r), inputs, (gy, gh)), torch.float64)
+
+
+def test_backward_output_mask_zeroes_only_the_unwanted_gradients():
+    args = [a.detach() if a is not None else None for a in _small_case()]
+    out, hn = torch.ops.rnn_ext.elman_forward(*args, "tanh", False, None)
+    gy, gh = torch.randn_like(out), torch.randn_like(hn)
+    bwd = (gy, gh, *args[:4], out, "tanh", False, None)
+    full = torch.ops.rnn_ext.elman_backward(*bwd)
+    for mask in ([False, True], [True, False], [False, False]):
+        part = torch.ops.rnn_ext.elman_backward(*bwd, mask)
+        for i, wanted in enumerate(mask):
+            expected = full[i] if wanted else torch.zeros_like(full[i])
+            torch.testing.assert_close(part[i], expected, rtol=0, atol=0)
+        for a, b in zip(part[2:], full[2:]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.library.opcheck(torch.ops.rnn_ext.elman_backward, (*bwd, mask))

@@ -17,6 +17,7 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include <array>
 #include <tuple>
 
 #include "elman.h"
@@ -159,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     const at::Tensor& grad_output_, const at::Tensor& grad_h_n_, const at::Tensor& input_,
     const at::Tensor& h_0_, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
     const at::Tensor& output_, Activation act, bool reverse, const at::Tensor& lengths_cpu,
-    const ElmanSizes& s) {
+    const ElmanSizes& s, std::array<bool, 2> output_mask) {
   const auto [T, B, I, H] = s;
   // The last dimension of the output gradient must be dense or broadcast (stride 0); the
   // other two may have any strides.
@@ -185,6 +186,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
             ga_t.data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>() + t * gy.stride(0),
             gy.stride(1), H <= 1 ? 1 : gy.stride(2), g.const_data_ptr<scalar_t>(),
             out.const_data_ptr<scalar_t>() + t * B * H, len, t, B, H, act);
+        if (step + 1 == T) {
+          break;  // the last step's g is grad_h_0: computed below from g0, when wanted
+        }
         if (len == nullptr) {
           at::mm_out(g, ga_t, weight_hh);
           continue;
@@ -206,7 +210,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
   }
 
   const at::Tensor ga2d = ga.view({T * B, H});
-  at::Tensor grad_input = at::mm(ga2d, weight_ih).view({T, B, I});
+  at::Tensor grad_input =
+      output_mask[0] ? at::mm(ga2d, weight_ih).view({T, B, I}) : at::zeros_like(input);
   at::Tensor grad_weight_ih = at::mm(ga2d.t(), input.view({T * B, I}));
   at::Tensor grad_bias = ga2d.sum(0);
 
@@ -223,6 +228,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
       g0.select(0, b).copy_(ga.select(0, len[b] - 1).select(0, b));
     }
   }
+  // Each sequence's first step hands its gradient to h_0: grad_h_0 = g0 W_hh.
+  at::Tensor grad_h_0 = output_mask[1] ? at::mm(g0, weight_hh) : at::zeros_like(h_0);
   at::Tensor grad_weight_hh = at::mm(g0.t(), h_0);
   if (T > 1) {
     const int64_t n = (T - 1) * B;
@@ -230,7 +237,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     const at::Tensor h_prev = (reverse ? out.narrow(0, 1, T - 1) : out.narrow(0, 0, T - 1)).view({n, H});
     grad_weight_hh.addmm_(ga_rest.t(), h_prev);
   }
-  return {grad_input, g, grad_weight_ih, grad_weight_hh, grad_bias};
+  return {grad_input, grad_h_0, grad_weight_ih, grad_weight_hh, grad_bias};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,14 +260,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
     const at::Tensor& h_0, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
     const at::Tensor& output, c10::string_view nonlinearity, bool reverse,
-    const std::optional<at::Tensor>& lengths) {
+    const std::optional<at::Tensor>& lengths, std::array<bool, 2> output_mask) {
   const char* op = "rnn_ext::elman_backward";
   const Activation act = parse_nonlinearity(nonlinearity, op);
   const ElmanSizes s = check_elman_forward_args(op, input, h_0, weight_ih, weight_hh,
                                                 std::nullopt, std::nullopt, lengths);
   check_elman_backward_args(op, s, input, grad_output, grad_h_n, output);
   return elman_backward_impl(grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, output, act,
-                             reverse, lengths_on_cpu(lengths), s);
+                             reverse, lengths_on_cpu(lengths), s, output_mask);
 }
 
 void check_cell_ranks(const char* op, const at::Tensor& input, const at::Tensor& hx) {
@@ -301,7 +308,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
   const at::Tensor zero = at::zeros_like(hx);
   check_elman_backward_args(op, s, x, gy, zero, y, "grad_hy", "grad_hy", "hy");
   auto [gx, ghx, gwih, gwhh, gb] = elman_backward_impl(gy, zero, x, hx, weight_ih, weight_hh, y,
-                                                       act, /*reverse=*/false, at::Tensor(), s);
+                                                       act, /*reverse=*/false, at::Tensor(), s,
+                                                       {true, true});
   return {gx.squeeze(0), ghx, gwih, gwhh, gb};
 }
 

@@ -66,6 +66,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -833,7 +834,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     const char* op, const at::Tensor& grad_output_, const at::Tensor& grad_h_n_,
     const at::Tensor& input_, const at::Tensor& h_0_, const at::Tensor& weight_ih,
     const at::Tensor& weight_hh, const at::Tensor& output_, Activation act, bool reverse,
-    const at::Tensor& len_dev, const ElmanSizes& s, bool allow_persistent) {
+    const at::Tensor& len_dev, const ElmanSizes& s, bool allow_persistent,
+    std::array<bool, 2> output_mask) {
   const auto [T, B, I, H] = s;
   const at::Tensor gy = grad_output_.contiguous();
   const at::Tensor out = output_.contiguous();
@@ -893,7 +895,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
   }
 
   const at::Tensor ga2d = ga.view({T * B, H});
-  at::Tensor grad_input = at::mm(ga2d, weight_ih).view({T, B, I});
+  at::Tensor grad_input =
+      output_mask[0] ? at::mm(ga2d, weight_ih).view({T, B, I}) : at::zeros_like(input);
   at::Tensor grad_weight_ih = at::mm(ga2d.t(), input.view({T * B, I}));
   at::Tensor grad_bias = ga2d.sum(0);
 
@@ -906,7 +909,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
   } else {
     g0 = ga.index({len_dev - 1, at::arange(B, len_dev.options())});
   }
-  at::Tensor grad_h_0 = at::mm(g0, weight_hh);
+  at::Tensor grad_h_0 = output_mask[1] ? at::mm(g0, weight_hh) : at::zeros_like(h_0);
   at::Tensor grad_weight_hh = at::mm(g0.t(), h_0);
   if (T > 1) {
     const int64_t n = (T - 1) * B;
@@ -940,7 +943,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
     const at::Tensor& h_0, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
     const at::Tensor& output, c10::string_view nonlinearity, bool reverse,
-    const std::optional<at::Tensor>& lengths) {
+    const std::optional<at::Tensor>& lengths, std::array<bool, 2> output_mask) {
   const char* op = "rnn_ext::elman_backward";
   const Activation act = parse_nonlinearity(nonlinearity, op);
   const ElmanSizes s = check_elman_forward_args(op, input, h_0, weight_ih, weight_hh,
@@ -948,7 +951,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
   check_elman_backward_args(op, s, input, grad_output, grad_h_n, output);
   const c10::cuda::CUDAGuard guard(input.device());
   return elman_backward_impl(op, grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, output,
-                             act, reverse, lengths_on_device(lengths, input.device()), s, true);
+                             act, reverse, lengths_on_device(lengths, input.device()), s, true,
+                             output_mask);
 }
 
 void check_cell_ranks(const char* op, const at::Tensor& input, const at::Tensor& hx) {
@@ -992,7 +996,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
   const c10::cuda::CUDAGuard guard(input.device());
   auto [gx, ghx, gwih, gwhh, gb] =
       elman_backward_impl(op, gy, at::Tensor(), x, hx, weight_ih, weight_hh, y, act,
-                          /*reverse=*/false, at::Tensor(), s, false);
+                          /*reverse=*/false, at::Tensor(), s, false, {true, true});
   return {gx.squeeze(0), ghx, gwih, gwhh, gb};
 }
 
