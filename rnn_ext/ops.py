@@ -60,7 +60,7 @@ def elman_rnn(
               \phi \in \{\tanh, \mathrm{relu}\}
 
     exactly as one layer and direction of :class:`torch.nn.RNN` (PyTorch documentation,
-    ``torch.nn.RNN``); the math of the fused backward is in ``design.md``.
+    ``torch.nn.RNN``); the math of the fused backward is in README.md, "The operators".
 
     Args:
         input: ``(T, B, I)``, float32 / float64 / bfloat16 / float16 (CUDA: the same), T >= 1.

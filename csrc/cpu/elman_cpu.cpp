@@ -1,7 +1,7 @@
 // CPU kernels of the Elman operators: elman_forward / elman_backward (one layer, one direction,
 // whole sequence) and elman_cell_forward / elman_cell_backward (one step, nn.RNNCell semantics).
 //
-// The fusion (design.md, "The operator"):
+// The fusion (README.md, "The operators"):
 //   forward   output = x W_ih^T + (b_ih + b_hh)          one GEMM for all T steps, written in place
 //             per step: output[t] += h_{t-1} W_hh^T      one GEMM (beta = 1) into the same buffer
 //                       output[t] = phi(output[t])       one in-place pass

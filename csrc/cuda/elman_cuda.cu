@@ -8,7 +8,7 @@
 // 16-bit types) through csrc/elman_math.h; GEMMs through ATen (cuBLAS, ATen's handle and
 // workspace, honouring torch.backends.cuda.matmul.allow_tf32).
 //
-// Two paths for the recurrence (design.md, "CUDA plan"):
+// Two paths for the recurrence (see also csrc/cuda/README.md):
 //
 // 1. cuBLAS step loop (always available).
 //    forward   output = x W_ih^T + (b_ih + b_hh)            one GEMM over all T*B rows
