@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from rnn_ext.lesson import (Char3Model, Vocab, char3_dataset, fit, get_next, lesson_data,
                             load_nietzsche, set_lrs)
 
-torch.set_num_threads(1)
 torch.manual_seed(42)
 text = load_nietzsche()
 xs, y = char3_dataset(Vocab.from_text(text).encode(text))

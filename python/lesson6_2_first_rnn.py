@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from rnn_ext.lesson import (CharLoopConcatModel, CharLoopModel, fit, get_next, lesson_data,
                             set_lrs)
 
-torch.set_num_threads(1)
 cs = 8
 md = lesson_data("overlap", bs=512, cs=cs)  # 600,884 overlapping windows; get_cv_idxs split
 print("xs[:cs, :cs] =", md.trn_x[:cs, :cs].tolist())

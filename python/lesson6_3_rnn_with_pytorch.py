@@ -7,7 +7,6 @@ import torch.nn.functional as F
 
 from rnn_ext.lesson import CharRnn, fit, get_next, get_next_n, lesson_data, set_lrs
 
-torch.set_num_threads(1)
 md = lesson_data("overlap", bs=512)
 torch.manual_seed(42)
 m = CharRnn(len(md.vocab), n_fac=42)

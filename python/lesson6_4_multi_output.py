@@ -9,7 +9,6 @@ import torch
 import rnn_ext
 from rnn_ext.lesson import CharSeqRnn, fit, lesson_data, set_lrs
 
-torch.set_num_threads(1)
 md = lesson_data("seq", bs=512)  # 75,111 windows; split as get_cv_idxs(len(xs) - cs - 1)
 print("xs[:2] =", md.trn_x[:2].tolist(), "ys[:2] =", md.trn_y[:2].tolist())
 

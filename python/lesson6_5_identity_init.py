@@ -11,7 +11,6 @@ import torch
 import rnn_ext
 from rnn_ext.lesson import CharSeqRnn, fit, generate, identity_init_, lesson_data, set_lrs
 
-torch.set_num_threads(1)
 md = lesson_data("seq", bs=512)
 torch.manual_seed(42)
 m = identity_init_(CharSeqRnn(len(md.vocab), n_fac=42))

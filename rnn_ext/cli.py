@@ -50,10 +50,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 (default auto)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument("--threads", type=_nonneg_int, default=1,
-                   help="CPU threads for torch (default 1: these small models' step-by-step "
-                        "recurrence gains little from a second thread and loses badly when the "
-                        "cores are shared; 0 keeps torch's default)")
+    p.add_argument("--threads", type=_nonneg_int, default=0,
+                   help="CPU threads for torch (default 0: torch's own default, one per core; "
+                        "1 is steadier when the cores are shared with other jobs)")
 
 
 def _training(p: argparse.ArgumentParser) -> None:
