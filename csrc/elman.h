@@ -35,6 +35,17 @@ ElmanSizes check_elman_forward_args(
     const std::optional<at::Tensor>& lengths,
     const char* h_name = "h_0");
 
+// Checks the arguments of the cell ops: input (B, I), hx (B, H), the weights and biases as for
+// elman_forward. Returns the sizes with T = 1 (the cell is the sequence op over one step).
+ElmanSizes check_elman_cell_args(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& hx,
+    const at::Tensor& weight_ih,
+    const at::Tensor& weight_hh,
+    const std::optional<at::Tensor>& bias_ih,
+    const std::optional<at::Tensor>& bias_hh);
+
 // Checks the extra arguments of elman_backward: grad_output and output (T, B, H),
 // grad_h_n (B, H), same dtype and device as input.
 void check_elman_backward_args(

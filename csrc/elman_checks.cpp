@@ -101,6 +101,22 @@ ElmanSizes check_elman_forward_args(
   return s;
 }
 
+ElmanSizes check_elman_cell_args(
+    const char* op,
+    const at::Tensor& input,
+    const at::Tensor& hx,
+    const at::Tensor& weight_ih,
+    const at::Tensor& weight_hh,
+    const std::optional<at::Tensor>& bias_ih,
+    const std::optional<at::Tensor>& bias_hh) {
+  TORCH_CHECK(input.dim() == 2, op, ": expected input of rank 2, (B, I) = (batch, features), ",
+              "but got input of shape ", input.sizes());
+  TORCH_CHECK(hx.dim() == 2, op, ": expected hx of rank 2, (B, H), but got hx of shape ",
+              hx.sizes());
+  return check_elman_forward_args(op, input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih,
+                                  bias_hh, std::nullopt, "hx");
+}
+
 void check_elman_backward_args(
     const char* op,
     const ElmanSizes& s,

@@ -270,13 +270,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
                              reverse, lengths_on_cpu(lengths), s, output_mask);
 }
 
-void check_cell_ranks(const char* op, const at::Tensor& input, const at::Tensor& hx) {
-  TORCH_CHECK(input.dim() == 2, op, ": expected input of rank 2, (B, I) = (batch, features), ",
-              "but got input of shape ", input.sizes());
-  TORCH_CHECK(hx.dim() == 2, op, ": expected hx of rank 2, (B, H), but got hx of shape ",
-              hx.sizes());
-}
-
 at::Tensor elman_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
                                   const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                                   const std::optional<at::Tensor>& bias_ih,
@@ -284,10 +277,9 @@ at::Tensor elman_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
                                   c10::string_view nonlinearity) {
   const char* op = "rnn_ext::elman_cell_forward";
   const Activation act = parse_nonlinearity(nonlinearity, op);
-  check_cell_ranks(op, input, hx);
+  const ElmanSizes s =
+      check_elman_cell_args(op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh);
   const at::Tensor x = input.unsqueeze(0);
-  const ElmanSizes s = check_elman_forward_args(op, x, hx, weight_ih, weight_hh, bias_ih, bias_hh,
-                                                std::nullopt, "hx");
   auto [output, h_n] = elman_forward_impl(x, hx, weight_ih, weight_hh, bias_ih, bias_hh, act,
                                           /*reverse=*/false, at::Tensor(), s);
   return h_n;
@@ -299,10 +291,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
     c10::string_view nonlinearity) {
   const char* op = "rnn_ext::elman_cell_backward";
   const Activation act = parse_nonlinearity(nonlinearity, op);
-  check_cell_ranks(op, input, hx);
+  const ElmanSizes s = check_elman_cell_args(op, input, hx, weight_ih, weight_hh, std::nullopt,
+                                             std::nullopt);
   const at::Tensor x = input.unsqueeze(0);
-  const ElmanSizes s = check_elman_forward_args(op, x, hx, weight_ih, weight_hh, std::nullopt,
-                                                std::nullopt, std::nullopt, "hx");
   const at::Tensor gy = grad_hy.unsqueeze(0);
   const at::Tensor y = hy.unsqueeze(0);
   const at::Tensor zero = at::zeros_like(hx);
