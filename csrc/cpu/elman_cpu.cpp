@@ -7,7 +7,8 @@
 //                       output[t] = phi(output[t])       one in-place pass
 //   backward  per step: ga_t = (gy_t + g) * phi'(h_t)    one pass (elman_math.h)
 //                       g    = ga_t W_hh                 one GEMM
-//             grad_weight_ih = ga^T x, grad_weight_hh = ga^T h_prev, grad_bias = sum ga,
+//             grad_weight_ih = ga^T x, grad_weight_hh = ga^T h_prev,
+//             grad_bias = sum ga (summed as ga is produced, in the accumulation type),
 //             grad_input = ga W_ih                       whole-sequence GEMMs
 // Only the outputs are saved for backward. Threads come from ATen (BLAS, at::parallel_for).
 #include <ATen/ATen.h>
@@ -52,44 +53,54 @@ void mask_step_forward(scalar_t* out_t, scalar_t* h, const int64_t* len, int64_t
                    });
 }
 
-// One row of the backward pointwise step: ga = (gy + g) * phi'(h) (elman_math.h). gy is read
-// with stride gy_sH, 1 or 0: out.sum().backward() hands us a stride-0 gradient, which is read
-// as it is rather than copied.
+// A segment of one row of the backward pointwise step: ga = (gy + g) * phi'(h) (elman_math.h),
+// and the bias gradient's running column sums gb += ga. gy is read with stride gy_sH, 1 or 0:
+// out.sum().backward() hands us a stride-0 gradient, which is read as it is, not copied.
 template <typename scalar_t, Activation kAct>
-inline void preactivation_grad_row(scalar_t* __restrict__ ga, const scalar_t* __restrict__ gy,
-                                   int64_t gy_sH, const scalar_t* __restrict__ g,
-                                   const scalar_t* __restrict__ h, int64_t H) {
+inline void preactivation_grad_segment(scalar_t* __restrict__ ga,
+                                       at::opmath_type<scalar_t>* __restrict__ gb,
+                                       const scalar_t* __restrict__ gy, int64_t gy_sH,
+                                       const scalar_t* __restrict__ g,
+                                       const scalar_t* __restrict__ h, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   if (gy_sH == 1) {
-    for (int64_t j = 0; j < H; ++j) {
-      ga[j] = static_cast<scalar_t>(preactivation_grad<acc_t>(gy[j], g[j], h[j], kAct));
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t v = preactivation_grad<acc_t>(gy[j], g[j], h[j], kAct);
+      ga[j] = static_cast<scalar_t>(v);
+      gb[j] += v;
     }
   } else {
     const acc_t gy0 = gy[0];
-    for (int64_t j = 0; j < H; ++j) {
-      ga[j] = static_cast<scalar_t>(preactivation_grad<acc_t>(gy0, g[j], h[j], kAct));
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t v = preactivation_grad<acc_t>(gy0, g[j], h[j], kAct);
+      ga[j] = static_cast<scalar_t>(v);
+      gb[j] += v;
     }
   }
 }
 
-// ga_t = (gy_t + g) * phi'(h_t) for a whole step; rows of ended sequences (t >= lengths[b])
-// get 0. gy_t: this step's gradient, rows gy_sB apart, elements gy_sH (0 or 1) apart.
+// ga_t = (gy_t + g) * phi'(h_t) for a whole step, and gb += the column sums of ga_t (so the
+// bias gradient needs no second pass over ga); rows of ended sequences (t >= lengths[b]) get 0.
+// gy_t: this step's gradient, rows gy_sB apart, elements gy_sH (0 or 1) apart. Threads split
+// the columns, so each owns its slice of gb.
 template <typename scalar_t>
-void preactivation_grad_step(scalar_t* ga_t, const scalar_t* gy_t, int64_t gy_sB, int64_t gy_sH,
-                             const scalar_t* g, const scalar_t* h_t, const int64_t* len,
-                             int64_t t, int64_t B, int64_t H, Activation act) {
-  at::parallel_for(0, B, std::max<int64_t>(1, kGrain / std::max<int64_t>(H, 1)),
-                   [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t o = b * H;
+void preactivation_grad_step(scalar_t* ga_t, at::opmath_type<scalar_t>* gb, const scalar_t* gy_t,
+                             int64_t gy_sB, int64_t gy_sH, const scalar_t* g, const scalar_t* h_t,
+                             const int64_t* len, int64_t t, int64_t B, int64_t H, Activation act) {
+  at::parallel_for(0, H, std::max<int64_t>(16, kGrain / std::max<int64_t>(B, 1)),
+                   [&](int64_t j0, int64_t j1) {
+    const int64_t n = j1 - j0;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t o = b * H + j0;
+      const scalar_t* gy_b = gy_t + b * gy_sB + j0 * gy_sH;
       if (len != nullptr && t >= len[b]) {
-        std::fill(ga_t + o, ga_t + o + H, scalar_t(0));
+        std::fill(ga_t + o, ga_t + o + n, scalar_t(0));
       } else if (act == Activation::Tanh) {
-        preactivation_grad_row<scalar_t, Activation::Tanh>(ga_t + o, gy_t + b * gy_sB, gy_sH,
-                                                           g + o, h_t + o, H);
+        preactivation_grad_segment<scalar_t, Activation::Tanh>(ga_t + o, gb + j0, gy_b, gy_sH,
+                                                               g + o, h_t + o, n);
       } else {
-        preactivation_grad_row<scalar_t, Activation::Relu>(ga_t + o, gy_t + b * gy_sB, gy_sH,
-                                                           g + o, h_t + o, H);
+        preactivation_grad_segment<scalar_t, Activation::Relu>(ga_t + o, gb + j0, gy_b, gy_sH,
+                                                               g + o, h_t + o, n);
       }
     }
   });
@@ -174,6 +185,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
   at::Tensor g = grad_h_n_.clone(at::MemoryFormat::Contiguous);
   const int64_t* len = lengths_cpu.defined() ? lengths_cpu.const_data_ptr<int64_t>() : nullptr;
   at::Tensor g_next = len != nullptr ? at::empty_like(g) : at::Tensor();
+  // The bias gradient, summed in the accumulation type as ga is produced.
+  at::Tensor gb = at::zeros({H}, input.options().dtype(at::toOpMathType(input.scalar_type())));
 
   if (B > 0 && H > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
@@ -183,7 +196,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
         const int64_t t = step_time(T - 1 - step, T, reverse);
         at::Tensor ga_t = ga.select(0, t);
         preactivation_grad_step<scalar_t>(
-            ga_t.data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>() + t * gy.stride(0),
+            ga_t.data_ptr<scalar_t>(), gb.data_ptr<at::opmath_type<scalar_t>>(),
+            gy.const_data_ptr<scalar_t>() + t * gy.stride(0),
             gy.stride(1), H <= 1 ? 1 : gy.stride(2), g.const_data_ptr<scalar_t>(),
             out.const_data_ptr<scalar_t>() + t * B * H, len, t, B, H, act);
         if (step + 1 == T) {
@@ -213,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
   at::Tensor grad_input =
       output_mask[0] ? at::mm(ga2d, weight_ih).view({T, B, I}) : at::zeros_like(input);
   at::Tensor grad_weight_ih = at::mm(ga2d.t(), input.view({T * B, I}));
-  at::Tensor grad_bias = ga2d.sum(0);
+  at::Tensor grad_bias = gb.to(input.scalar_type());
 
   // grad_weight_hh = sum_t ga_t^T h_prev(t). h_prev(t) is output[t -/+ 1] except at each
   // sequence's first step, where it is h_0: ga of those first steps (g0) multiplies h_0.
@@ -229,7 +243,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     }
   }
   // Each sequence's first step hands its gradient to h_0: grad_h_0 = g0 W_hh.
-  at::Tensor grad_h_0 = output_mask[1] ? at::mm(g0, weight_hh) : at::zeros_like(h_0);
+  // The g buffer is free now: it becomes grad_h_0 (no further (B, H) allocation).
+  at::Tensor grad_h_0 = output_mask[1] ? at::mm_out(g, g0, weight_hh) : g.zero_();
   at::Tensor grad_weight_hh = at::mm(g0.t(), h_0);
   if (T > 1) {
     const int64_t n = (T - 1) * B;
