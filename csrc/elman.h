@@ -8,7 +8,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include <array>
 #include <string_view>
+#include <tuple>
 
 #include "elman_math.h"
 
@@ -58,6 +60,23 @@ void check_elman_backward_args(
     const char* grad_output_name = "grad_output",
     const char* grad_h_n_name = "grad_h_n",
     const char* output_name = "output");
+
+// The gradients that follow from ga (T, B, H), the gradient of every step's pre-activation,
+// with whole-sequence GEMMs (csrc/elman_grads.cpp): grad_input (T, B, I) (zeros unless
+// output_mask[0]), grad_h_0 (B, H) (zeros unless output_mask[1]; written into grad_h_0_buffer
+// when that is defined), grad_weight_ih (H, I), grad_weight_hh (H, H). output (T, B, H) is the
+// forward's; lengths is undefined or int64 (B,) on ga's device. ga must be contiguous.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_sequence_grads(
+    const at::Tensor& ga,
+    const at::Tensor& output,
+    const at::Tensor& input,
+    const at::Tensor& h_0,
+    const at::Tensor& weight_ih,
+    const at::Tensor& weight_hh,
+    const at::Tensor& lengths,
+    bool reverse,
+    std::array<bool, 2> output_mask,
+    at::Tensor grad_h_0_buffer);
 
 // lengths as a contiguous int64 CPU tensor (copied from the device when needed), or an
 // undefined tensor when absent. check_elman_forward_args has validated its values.

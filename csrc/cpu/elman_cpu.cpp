@@ -223,35 +223,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     ga.zero_();
   }
 
-  const at::Tensor ga2d = ga.view({T * B, H});
-  at::Tensor grad_input =
-      output_mask[0] ? at::mm(ga2d, weight_ih).view({T, B, I}) : at::zeros_like(input);
-  at::Tensor grad_weight_ih = at::mm(ga2d.t(), input.view({T * B, I}));
-  at::Tensor grad_bias = gb.to(input.scalar_type());
-
-  // grad_weight_hh = sum_t ga_t^T h_prev(t). h_prev(t) is output[t -/+ 1] except at each
-  // sequence's first step, where it is h_0: ga of those first steps (g0) multiplies h_0.
-  at::Tensor g0;
-  if (!reverse) {
-    g0 = ga.select(0, 0);
-  } else if (len == nullptr) {
-    g0 = ga.select(0, T - 1);
-  } else {
-    g0 = at::empty({B, H}, ga.options());
-    for (const auto b : c10::irange(B)) {
-      g0.select(0, b).copy_(ga.select(0, len[b] - 1).select(0, b));
-    }
-  }
-  // Each sequence's first step hands its gradient to h_0: grad_h_0 = g0 W_hh.
   // The g buffer is free now: it becomes grad_h_0 (no further (B, H) allocation).
-  at::Tensor grad_h_0 = output_mask[1] ? at::mm_out(g, g0, weight_hh) : g.zero_();
-  at::Tensor grad_weight_hh = at::mm(g0.t(), h_0);
-  if (T > 1) {
-    const int64_t n = (T - 1) * B;
-    const at::Tensor ga_rest = (reverse ? ga.narrow(0, 0, T - 1) : ga.narrow(0, 1, T - 1)).view({n, H});
-    const at::Tensor h_prev = (reverse ? out.narrow(0, 1, T - 1) : out.narrow(0, 0, T - 1)).view({n, H});
-    grad_weight_hh.addmm_(ga_rest.t(), h_prev);
-  }
+  auto [grad_input, grad_h_0, grad_weight_ih, grad_weight_hh] =
+      elman_sequence_grads(ga, out, input, h_0, weight_ih, weight_hh, lengths_cpu, reverse,
+                           output_mask, g);
+  at::Tensor grad_bias = gb.to(input.scalar_type());
   return {grad_input, grad_h_0, grad_weight_ih, grad_weight_hh, grad_bias};
 }
 

@@ -894,31 +894,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     ga.zero_();
   }
 
-  const at::Tensor ga2d = ga.view({T * B, H});
-  at::Tensor grad_input =
-      output_mask[0] ? at::mm(ga2d, weight_ih).view({T, B, I}) : at::zeros_like(input);
-  at::Tensor grad_weight_ih = at::mm(ga2d.t(), input.view({T * B, I}));
-  at::Tensor grad_bias = ga2d.sum(0);
-
-  // g0[b] = ga at sequence b's first forward step, whose previous state is h_0.
-  at::Tensor g0;
-  if (!reverse) {
-    g0 = ga.select(0, 0);
-  } else if (len == nullptr) {
-    g0 = ga.select(0, T - 1);
-  } else {
-    g0 = ga.index({len_dev - 1, at::arange(B, len_dev.options())});
-  }
-  at::Tensor grad_h_0 = output_mask[1] ? at::mm(g0, weight_hh) : at::zeros_like(h_0);
-  at::Tensor grad_weight_hh = at::mm(g0.t(), h_0);
-  if (T > 1) {
-    const int64_t n = (T - 1) * B;
-    const at::Tensor ga_rest =
-        (reverse ? ga.narrow(0, 0, T - 1) : ga.narrow(0, 1, T - 1)).reshape({n, H});
-    const at::Tensor h_prev =
-        (reverse ? out.narrow(0, 1, T - 1) : out.narrow(0, 0, T - 1)).reshape({n, H});
-    grad_weight_hh.addmm_(ga_rest.t(), h_prev);
-  }
+  auto [grad_input, grad_h_0, grad_weight_ih, grad_weight_hh] =
+      elman_sequence_grads(ga, out, input, h_0, weight_ih, weight_hh, len_dev, reverse,
+                           output_mask, at::Tensor());
+  at::Tensor grad_bias = ga.view({T * B, H}).sum(0);
   return {grad_input, grad_h_0, grad_weight_ih, grad_weight_hh, grad_bias};
 }
 
