@@ -61,11 +61,38 @@ void check_elman_backward_args(
     const char* grad_h_n_name = "grad_h_n",
     const char* output_name = "output");
 
-// The gradients that follow from ga (T, B, H), the gradient of every step's pre-activation,
-// with whole-sequence GEMMs (csrc/elman_grads.cpp): grad_input (T, B, I) (zeros unless
-// output_mask[0]), grad_h_0 (B, H) (zeros unless output_mask[1]; written into grad_h_0_buffer
-// when that is defined), grad_weight_ih (H, I), grad_weight_hh (H, H). output (T, B, H) is the
-// forward's; lengths is undefined or int64 (B,) on ga's device. ga must be contiguous.
+// The whole-sequence gradients that follow from ga, the gradient of every step's
+// pre-activation, by GEMMs over many steps at once (csrc/elman_grads.cpp). A backend adds ga
+// chunk by chunk, steps [a, a + n) at a time in any order, then calls finish() once:
+//   grad_input[a : a+n] = ga_chunk W_ih                     (when wanted)
+//   grad_weight_ih     += ga_chunk^T x[a : a+n]
+//   grad_weight_hh     += ga_t^T h_prev(t) for the chunk's steps but the sequence's first
+//   finish(g0):  grad_weight_hh += g0^T h_0 (skipped when h_0_is_zero), grad_h_0 = g0 W_hh,
+// where g0 (B, H) is ga at each sequence's first step (t = 0; reversed, t = T - 1, or
+// lengths[b] - 1 with lengths).
+class ElmanGradAccumulator {
+ public:
+  // input (T, B, I); H the hidden size; grad_input is allocated here when wanted.
+  ElmanGradAccumulator(const at::Tensor& input, int64_t H, bool want_grad_input);
+  // ga_chunk: contiguous (n, B, H), the steps [a, a + n); output (T, B, H) is the forward's.
+  void add_chunk(const at::Tensor& ga_chunk, int64_t a, const at::Tensor& output,
+                 const at::Tensor& input, const at::Tensor& weight_ih, bool reverse);
+  // Returns grad_input (T, B, I) (zeros unless wanted), grad_h_0 (B, H) (zeros unless
+  // output_mask[1]; written into grad_h_0_buffer when that is defined), grad_weight_ih (H, I),
+  // grad_weight_hh (H, H). h_0_is_zero: the caller knows h_0 is all zeros (nn.RNN's default
+  // hx), so the g0^T h_0 GEMM is skipped.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish(
+      const at::Tensor& g0, const at::Tensor& input, const at::Tensor& h_0,
+      const at::Tensor& weight_ih, const at::Tensor& weight_hh, std::array<bool, 2> output_mask,
+      at::Tensor grad_h_0_buffer, bool h_0_is_zero);
+
+ private:
+  bool transposed_weight_ih;  // accumulate grad_weight_ih as (I, H) (faster with MKL, I << H)
+  at::Tensor grad_input, grad_weight_ih, grad_weight_hh;
+};
+
+// The same for a whole ga (T, B, H) at once (one chunk); lengths is undefined or int64 (B,) on
+// ga's device (it locates g0 when reversed).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_sequence_grads(
     const at::Tensor& ga,
     const at::Tensor& output,
@@ -76,7 +103,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_sequence_grads(
     const at::Tensor& lengths,
     bool reverse,
     std::array<bool, 2> output_mask,
-    at::Tensor grad_h_0_buffer);
+    at::Tensor grad_h_0_buffer,
+    bool h_0_is_zero = false);
 
 // lengths as a contiguous int64 CPU tensor (copied from the device when needed), or an
 // undefined tensor when absent. check_elman_forward_args has validated its values.

@@ -106,6 +106,38 @@ def test_both_directions_match_bidirectional_nn_rnn(dtype, nonlinearity, bias, w
                       _grads((out_ref, hn_ref), inputs, (gy, gh)), dtype)
 
 
+# The CPU backward hands ga to the weight-gradient GEMMs in chunks of about 2048 rows (steps x
+# batch): these sizes give several chunks, one of a single step, and a last partial chunk. A
+# zero h_0 (nn.RNN's default) takes the path that skips its GEMMs.
+@pytest.mark.parametrize("T,B,I,H", [(70, 64, 3, 5), (9, 300, 2, 3), (3, 2048, 1, 2)])
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("h0_kind", ["zeros", "random"])
+def test_chunked_backward_and_zero_h_0_match_nn_rnn(T, B, I, H, with_lengths, h0_kind):
+    dtype = torch.float64
+    gen = torch.Generator().manual_seed(T + B)
+    torch.manual_seed(T + B)
+    rnn = nn.RNN(I, H, bidirectional=True).to(dtype)
+    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    h0 = (torch.zeros if h0_kind == "zeros" else torch.randn)(2, B, H, dtype=dtype)
+    h0.requires_grad_()
+    lengths = _random_lengths(T, B, gen) if with_lengths else None
+    if with_lengths:
+        out_ref, hn_ref = rnn(pack_padded_sequence(x, lengths, enforce_sorted=False), h0)
+        out_ref, _ = pad_packed_sequence(out_ref, total_length=T)
+    else:
+        out_ref, hn_ref = rnn(x, h0)
+    out_f, hn_f = elman_rnn(x, h0[0], *_op_args(rnn), "tanh", False, lengths)
+    out_b, hn_b = elman_rnn(x, h0[1], *_op_args(rnn, "_reverse"), "tanh", True, lengths)
+    out, hn = torch.cat([out_f, out_b], dim=2), torch.stack([hn_f, hn_b])
+    _assert_close_all([out, hn], [out_ref, hn_ref], dtype)
+    gy, gh = torch.randn_like(out), torch.randn_like(hn)
+    if with_lengths:
+        gy = gy * (torch.arange(T).unsqueeze(1) < lengths).unsqueeze(2)
+    inputs = [x, h0, *_rnn_params(rnn), *_rnn_params(rnn, "_reverse")]
+    _assert_close_all(_grads((out, hn), inputs, (gy, gh)),
+                      _grads((out_ref, hn_ref), inputs, (gy, gh)), dtype)
+
+
 def test_padded_steps_output_zero_and_keep_state():
     torch.manual_seed(0)
     T, B, I, H = 6, 3, 2, 4

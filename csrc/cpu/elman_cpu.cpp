@@ -8,9 +8,14 @@
 //   backward  per step: ga_t = (gy_t + g) * phi'(h_t)    one pass (elman_math.h)
 //                       g    = ga_t W_hh                 one GEMM
 //             grad_weight_ih = ga^T x, grad_weight_hh = ga^T h_prev,
-//             grad_bias = sum ga (summed as ga is produced, in the accumulation type),
-//             grad_input = ga W_ih                       whole-sequence GEMMs
-// Only the outputs are saved for backward. Threads come from ATen (BLAS, at::parallel_for).
+//             grad_input = ga W_ih                       GEMMs over chunks of steps
+//                                                        (elman_grads.cpp), so ga is held
+//                                                        for one chunk, not all T steps
+//             grad_bias = sum ga (summed as ga is produced, per block of rows, in the
+//             accumulation type)
+// A zero h_0 (nn.RNN's default) skips the first step's recurrent GEMM and the h_0 term of
+// grad_weight_hh. Only the outputs are saved for backward. Threads come from ATen (BLAS,
+// at::parallel_for).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -18,6 +23,7 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <tuple>
 
@@ -29,6 +35,11 @@ namespace {
 // Elements below this run on one thread: the per-step work of small layers is too short to
 // pay for waking the pool.
 constexpr int64_t kGrain = 1 << 15;
+
+// The backward hands ga to the weight-gradient GEMMs in chunks of at most about this many rows
+// (time steps x batch) and at most half the steps: large enough for full-speed GEMMs, small
+// enough that ga never needs all T steps at once.
+constexpr int64_t kChunkRows = 2048;
 
 // Time index of the s-th step processed.
 inline int64_t step_time(int64_t s, int64_t T, bool reverse) {
@@ -79,31 +90,68 @@ inline void preactivation_grad_segment(scalar_t* __restrict__ ga,
   }
 }
 
-// ga_t = (gy_t + g) * phi'(h_t) for a whole step, and gb += the column sums of ga_t (so the
-// bias gradient needs no second pass over ga); rows of ended sequences (t >= lengths[b]) get 0.
-// gy_t: this step's gradient, rows gy_sB apart, elements gy_sH (0 or 1) apart. Threads split
-// the columns, so each owns its slice of gb.
+// The rows of a step are processed in fixed blocks of rows (each a parallel task); each block
+// keeps its own running column sums of ga (one row of `gb_blocks`, over all steps), so the bias
+// gradient needs no second pass over ga and its value does not depend on the thread count.
+struct RowBlocks {
+  int64_t rows, count;
+};
+
+inline RowBlocks row_blocks(int64_t B, int64_t H) {
+  const int64_t rows = std::max<int64_t>(1, kGrain / std::max<int64_t>(H, 1));
+  return {rows, (B + rows - 1) / rows};
+}
+
+// ga_t = (gy_t + g) * phi'(h_t) for a whole step, and gb_blocks[k] += the column sums of block
+// k's rows of ga_t; rows of ended sequences (t >= lengths[b]) get 0. gy_t: this step's
+// gradient, rows gy_sB apart, elements gy_sH (0 or 1) apart. Rows are read and written
+// contiguously (streams the prefetchers follow).
 template <typename scalar_t>
-void preactivation_grad_step(scalar_t* ga_t, at::opmath_type<scalar_t>* gb, const scalar_t* gy_t,
-                             int64_t gy_sB, int64_t gy_sH, const scalar_t* g, const scalar_t* h_t,
-                             const int64_t* len, int64_t t, int64_t B, int64_t H, Activation act) {
-  at::parallel_for(0, H, std::max<int64_t>(16, kGrain / std::max<int64_t>(B, 1)),
-                   [&](int64_t j0, int64_t j1) {
-    const int64_t n = j1 - j0;
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t o = b * H + j0;
-      const scalar_t* gy_b = gy_t + b * gy_sB + j0 * gy_sH;
-      if (len != nullptr && t >= len[b]) {
-        std::fill(ga_t + o, ga_t + o + n, scalar_t(0));
-      } else if (act == Activation::Tanh) {
-        preactivation_grad_segment<scalar_t, Activation::Tanh>(ga_t + o, gb + j0, gy_b, gy_sH,
-                                                               g + o, h_t + o, n);
-      } else {
-        preactivation_grad_segment<scalar_t, Activation::Relu>(ga_t + o, gb + j0, gy_b, gy_sH,
-                                                               g + o, h_t + o, n);
+void preactivation_grad_step(scalar_t* ga_t, at::opmath_type<scalar_t>* gb_blocks,
+                             const scalar_t* gy_t, int64_t gy_sB, int64_t gy_sH,
+                             const scalar_t* g, const scalar_t* h_t, const int64_t* len,
+                             int64_t t, int64_t B, int64_t H, Activation act) {
+  const RowBlocks rb = row_blocks(B, H);
+  at::parallel_for(0, rb.count, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      at::opmath_type<scalar_t>* gb = gb_blocks + k * H;
+      for (int64_t b = k * rb.rows; b < std::min(B, (k + 1) * rb.rows); ++b) {
+        const int64_t o = b * H;
+        const scalar_t* gy_b = gy_t + b * gy_sB;
+        if (len != nullptr && t >= len[b]) {
+          std::fill(ga_t + o, ga_t + o + H, scalar_t(0));
+        } else if (act == Activation::Tanh) {
+          preactivation_grad_segment<scalar_t, Activation::Tanh>(ga_t + o, gb, gy_b, gy_sH,
+                                                                 g + o, h_t + o, H);
+        } else {
+          preactivation_grad_segment<scalar_t, Activation::Relu>(ga_t + o, gb, gy_b, gy_sH,
+                                                                 g + o, h_t + o, H);
+        }
       }
     }
   });
+}
+
+// Whether every element of h (a CPU tensor) is zero, as nn.RNN's default hx is: then the
+// recurrent GEMM of the first step and the h_0 term of grad_weight_hh are skipped (each a
+// B x H x H GEMM: 0.2 ms of the lesson's 8 ms step). Stops at the first nonzero (or NaN).
+bool all_zero(const at::Tensor& h) {
+  bool zero = true;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "all_zero", [&] {
+    const at::Tensor hc = h.contiguous();
+    const scalar_t* p = hc.const_data_ptr<scalar_t>();
+    const int64_t n = hc.numel();
+    constexpr int64_t kChunk = 256;
+    for (int64_t i = 0; i < n && zero; i += kChunk) {
+      const int64_t e = std::min(n, i + kChunk);
+      bool nonzero = false;
+      for (int64_t k = i; k < e; ++k) {
+        nonzero |= !(static_cast<float>(p[k]) == 0.0f);
+      }
+      zero = !nonzero;
+    }
+  });
+  return zero;
 }
 
 void activate_(at::Tensor& t, Activation act) {
@@ -138,11 +186,14 @@ std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
     return {output, h_0_.clone(at::MemoryFormat::Contiguous)};
   }
 
+  const bool h_0_zero = all_zero(h_0_);
   if (!lengths_cpu.defined()) {
     at::Tensor h_prev = h_0_;
     for (const auto step : c10::irange(T)) {
       at::Tensor out_t = output.select(0, step_time(step, T, reverse));
-      out_t.addmm_(h_prev, whh_t);
+      if (step > 0 || !h_0_zero) {
+        out_t.addmm_(h_prev, whh_t);
+      }
       activate_(out_t, act);
       h_prev = out_t;
     }
@@ -155,7 +206,9 @@ std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
   for (const auto step : c10::irange(T)) {
     const int64_t t = step_time(step, T, reverse);
     at::Tensor out_t = output.select(0, t);
-    out_t.addmm_(h, whh_t);
+    if (step > 0 || !h_0_zero) {
+      out_t.addmm_(h, whh_t);
+    }
     activate_(out_t, act);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
                                     "elman_forward_mask", [&] {
@@ -181,53 +234,93 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
   const at::Tensor out = output_.contiguous();
   const at::Tensor input = input_.contiguous();
   const at::Tensor h_0 = h_0_.contiguous();
-  at::Tensor ga = at::empty({T, B, H}, input.options());
-  at::Tensor g = grad_h_n_.clone(at::MemoryFormat::Contiguous);
+  // ga is produced chunk by chunk (time steps [c K, (c + 1) K)) and each full chunk goes to the
+  // accumulator's GEMMs at once, so only K steps of it are ever held (the backward's peak
+  // memory: output, grad_input and K steps of ga, under nn.RNN's).
+  // At least two chunks when T > 1, so that ga never costs a whole (T, B, H).
+  const int64_t K = std::clamp<int64_t>(
+      std::min((kChunkRows + B - 1) / std::max<int64_t>(B, 1), (T + 1) / 2), 1, T);
+  at::Tensor ga = at::empty({K, B, H}, input.options());
+  ElmanGradAccumulator acc(input, H, output_mask[0]);
+  const at::Tensor grad_h_n = grad_h_n_.contiguous();
+  at::Tensor g = at::empty({B, H}, input.options());  // g = ga_t W_hh, carried to step t -/+ 1
   const int64_t* len = lengths_cpu.defined() ? lengths_cpu.const_data_ptr<int64_t>() : nullptr;
   at::Tensor g_next = len != nullptr ? at::empty_like(g) : at::Tensor();
-  // The bias gradient, summed in the accumulation type as ga is produced.
-  at::Tensor gb = at::zeros({H}, input.options().dtype(at::toOpMathType(input.scalar_type())));
+  // g0, ga of each sequence's first step: with lengths, reversed, gathered as the steps go;
+  // else ga of the last step processed, still in the buffer at the end.
+  at::Tensor g0 = len != nullptr && reverse ? at::zeros({B, H}, input.options()) : at::Tensor();
+  // The bias gradient, summed per block of rows in the accumulation type as ga is produced.
+  const RowBlocks rb = row_blocks(B, H);
+  at::Tensor gb_blocks = at::zeros({rb.count, H},
+                                   input.options().dtype(at::toOpMathType(input.scalar_type())));
 
-  if (B > 0 && H > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
-                                    "elman_backward", [&] {
-      // Backward visits the steps in the opposite order of the forward.
-      for (const auto step : c10::irange(T)) {
-        const int64_t t = step_time(T - 1 - step, T, reverse);
-        at::Tensor ga_t = ga.select(0, t);
-        preactivation_grad_step<scalar_t>(
-            ga_t.data_ptr<scalar_t>(), gb.data_ptr<at::opmath_type<scalar_t>>(),
-            gy.const_data_ptr<scalar_t>() + t * gy.stride(0),
-            gy.stride(1), H <= 1 ? 1 : gy.stride(2), g.const_data_ptr<scalar_t>(),
-            out.const_data_ptr<scalar_t>() + t * B * H, len, t, B, H, act);
-        if (step + 1 == T) {
-          break;  // the last step's g is grad_h_0: computed below from g0, when wanted
-        }
-        if (len == nullptr) {
-          at::mm_out(g, ga_t, weight_hh);
-          continue;
-        }
-        // Ended sequences pass their gradient through unchanged.
-        at::mm_out(g_next, ga_t, weight_hh);
-        const scalar_t* gp = g.const_data_ptr<scalar_t>();
-        scalar_t* gn = g_next.data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
+                                  "elman_backward", [&] {
+    // Backward visits the steps in the opposite order of the forward.
+    for (const auto step : c10::irange(T)) {
+      const int64_t t = step_time(T - 1 - step, T, reverse);
+      const int64_t c0 = t / K * K, n = std::min(T, c0 + K) - c0;  // this step's chunk
+      at::Tensor ga_t = ga.select(0, t - c0);
+      const at::Tensor& g_in = step == 0 ? grad_h_n : g;
+      preactivation_grad_step<scalar_t>(
+          ga_t.data_ptr<scalar_t>(), gb_blocks.data_ptr<at::opmath_type<scalar_t>>(),
+          gy.const_data_ptr<scalar_t>() + t * gy.stride(0),
+          gy.stride(1), H <= 1 ? 1 : gy.stride(2), g_in.const_data_ptr<scalar_t>(),
+          out.const_data_ptr<scalar_t>() + t * B * H, len, t, B, H, act);
+      if (g0.defined()) {
+        const scalar_t* src = ga_t.const_data_ptr<scalar_t>();
+        scalar_t* dst = g0.data_ptr<scalar_t>();
         for (const auto b : c10::irange(B)) {
-          if (t >= len[b]) {
-            std::copy(gp + b * H, gp + (b + 1) * H, gn + b * H);
+          if (t == len[b] - 1) {
+            std::copy(src + b * H, src + (b + 1) * H, dst + b * H);
           }
         }
-        std::swap(g, g_next);
       }
-    });
-  } else {
-    ga.zero_();
+      if (t == (reverse ? c0 + n - 1 : c0)) {  // the chunk's last step in backward order
+        acc.add_chunk(ga.narrow(0, 0, n), c0, out, input, weight_ih, reverse);
+      }
+      if (step + 1 == T) {
+        break;  // the last step's g is grad_h_0: computed by the accumulator from g0
+      }
+      if (len == nullptr) {
+        at::mm_out(g, ga_t, weight_hh);
+        continue;
+      }
+      // Ended sequences pass their gradient through unchanged.
+      at::mm_out(g_next, ga_t, weight_hh);
+      const scalar_t* gp = g_in.const_data_ptr<scalar_t>();
+      scalar_t* gn = g_next.data_ptr<scalar_t>();
+      for (const auto b : c10::irange(B)) {
+        if (t >= len[b]) {
+          std::copy(gp + b * H, gp + (b + 1) * H, gn + b * H);
+        }
+      }
+      std::swap(g, g_next);
+    }
+  });
+  if (!g0.defined()) {
+    const int64_t t_first = reverse ? T - 1 : 0;
+    g0 = ga.select(0, t_first - t_first / K * K);
   }
 
   // The g buffer is free now: it becomes grad_h_0 (no further (B, H) allocation).
   auto [grad_input, grad_h_0, grad_weight_ih, grad_weight_hh] =
-      elman_sequence_grads(ga, out, input, h_0, weight_ih, weight_hh, lengths_cpu, reverse,
-                           output_mask, g);
-  at::Tensor grad_bias = gb.to(input.scalar_type());
+      acc.finish(g0, input, h_0, weight_ih, weight_hh, output_mask, g, all_zero(h_0));
+  // The blocks' sums, added in block order.
+  at::Tensor grad_bias = at::empty({H}, input.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
+                                  "elman_backward_bias", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* p = gb_blocks.const_data_ptr<acc_t>();
+    scalar_t* out_b = grad_bias.mutable_data_ptr<scalar_t>();
+    for (int64_t j = 0; j < H; ++j) {
+      acc_t sum = 0;
+      for (int64_t k = 0; k < rb.count; ++k) {
+        sum += p[k * H + j];
+      }
+      out_b[j] = static_cast<scalar_t>(sum);
+    }
+  });
   return {grad_input, grad_h_0, grad_weight_ih, grad_weight_hh, grad_bias};
 }
 
