@@ -50,6 +50,7 @@ def _extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx = [*opt, "-fopenmp", "-fvisibility=hidden"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     use_cuda, why = _cuda_decision()
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
