@@ -51,6 +51,8 @@ def _machine(doc: Dict[str, Any]) -> str:
     parts.append(f"rnn_ext {m.get('rnn_ext')} @ {m.get('git_commit')}"
                  + (" (dirty)" if m.get("git_dirty") else ""))
     parts.append(m.get("date_utc", "?"))
+    if m.get("allocator_env"):
+        parts.append("allocator: " + ", ".join(f"`{k}={v}`" for k, v in m["allocator_env"].items()))
     la, lb = m.get("load_average"), doc.get("load_average_at_end")
     if la:
         parts.append(f"load average {la[0]:.2f} at start"

@@ -9,6 +9,13 @@
 # build_ext --inplace) or installed.
 set -eu
 cd "$(dirname "$0")/.."
+# glibc malloc returns freed memory to the OS (trim, and a fresh mmap per large block), and every
+# implementation then pays page faults at random: 50-300 us on a 70 us loss step, which decided
+# the small comparisons by chance. Keeping freed memory (as PyTorch's CPU tuning guide's
+# jemalloc/tcmalloc advice does) removes that noise for all implementations alike; each JSON
+# records these settings (machine.allocator_env). Override by setting them before the call.
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_-33554432}
+export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_-68719476736}
 PY=${PYTHON:-python}
 uptime || true
 "$PY" benchmarks/bench_rnn.py --no-progress "$@"
