@@ -80,7 +80,7 @@ class ElmanGradAccumulator {
   // Returns grad_input (T, B, I) (zeros unless wanted), grad_h_0 (B, H) (zeros unless
   // output_mask[1]; written into grad_h_0_buffer when that is defined), grad_weight_ih (H, I),
   // grad_weight_hh (H, H). h_0_is_zero: the caller knows h_0 is all zeros (nn.RNN's default
-  // hx), so the g0^T h_0 GEMM is skipped.
+  // hx) and g0 finite, so the g0^T h_0 GEMM, all zeros, is skipped.
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish(
       const at::Tensor& g0, const at::Tensor& input, const at::Tensor& h_0,
       const at::Tensor& weight_ih, const at::Tensor& weight_hh, std::array<bool, 2> output_mask,

@@ -138,6 +138,36 @@ def test_chunked_backward_and_zero_h_0_match_nn_rnn(T, B, I, H, with_lengths, h0
                       _grads((out_ref, hn_ref), inputs, (gy, gh)), dtype)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_zero_h_0_shortcut_keeps_nn_rnn_inf_and_nan(reverse):
+    """A zero h_0 skips its GEMMs only when the other factor is finite: 0 * inf is NaN, and
+    nn.RNN, which multiplies, gives NaN there (forward: an inf in W_hh; backward: an inf in the
+    gradient of the first step)."""
+    torch.manual_seed(0)
+    rnn = nn.RNN(2, 3, bidirectional=True).double()
+    with torch.no_grad():
+        rnn.weight_hh_l0[0, 0] = float("inf")
+        rnn.weight_hh_l0_reverse[0, 0] = float("inf")
+    x = torch.randn(4, 2, 2, dtype=torch.float64)
+    h0 = torch.zeros(2, 2, 3, dtype=torch.float64)
+    out_ref = rnn(x, h0)[0][..., 3:] if reverse else rnn(x, h0)[0][..., :3]
+    sfx = "_reverse" if reverse else ""
+    out, _ = elman_rnn(x, h0[int(reverse)], *_op_args(rnn, sfx), "tanh", reverse, None)
+    torch.testing.assert_close(out, out_ref, equal_nan=True)
+
+    # T = 1, zero h_0, an inf in grad_output: grad_weight_hh is NaN in nn.RNN (0 * inf)
+    rnn = nn.RNN(2, 3).double()
+    x1 = torch.randn(1, 2, 2, dtype=torch.float64)
+    h1 = torch.zeros(1, 2, 3, dtype=torch.float64)
+    gy = torch.randn(1, 2, 3, dtype=torch.float64)
+    gy[0, 0, 0] = float("inf")
+    params = _rnn_params(rnn)
+    ref = _grads(rnn(x1, h1)[0], params, gy)
+    got = _grads(elman_rnn(x1, h1[0], *_op_args(rnn), "tanh", False, None)[0], params, gy)
+    for a, e in zip(got, ref):
+        torch.testing.assert_close(a, e, equal_nan=True)
+
+
 def test_padded_steps_output_zero_and_keep_state():
     torch.manual_seed(0)
     T, B, I, H = 6, 3, 2, 4

@@ -480,6 +480,22 @@ def test_cross_entropy_float32_long_rows_accuracy(device):
                 tol=dict(rtol=1e-5, atol=1e-6))
 
 
+@pytest.mark.parametrize("op", ["seq_nll_loss_forward", "seq_cross_entropy_forward"])
+def test_raw_op_rejects_a_weight_that_requires_grad(op):
+    """The check lives in the C++ autograd kernel (not only in the Python wrappers), so the
+    operators called directly raise too, instead of silently returning no weight gradient."""
+    x = torch.randn(5, 3, 7).log_softmax(-1).requires_grad_()
+    target = torch.randint(0, 7, (3, 5))
+    weight = torch.rand(7, requires_grad=True)
+    fn = getattr(torch.ops.rnn_ext, op)
+    with pytest.raises(RuntimeError, match="not differentiable with respect to weight"):
+        fn(x, target, weight, -100, "mean", True)
+    with torch.no_grad():  # no graph, nothing to refuse: the value equals F.nll_loss's
+        loss = fn(x, target, weight, -100, "mean", True)[0]
+        ref = lesson_reference("nll" if "nll" in op else "ce", x, target, weight)
+    torch.testing.assert_close(loss, ref, **TOL[torch.float32])
+
+
 def test_large_vocabulary_nll_gradient_values_accumulation_and_profiled_memory():
     """At a word-level size (T 35, B 32, C 10000: a 45 MB gradient of 40 KB rows) the CPU
     backward returns a lazily zeroed fresh mapping (csrc/cpu/seq_nll_cpu.cpp): every element
@@ -498,6 +514,11 @@ def test_large_vocabulary_nll_gradient_values_accumulation_and_profiled_memory()
     xr = x.detach().clone().requires_grad_()
     (gr,) = torch.autograd.grad(lesson_reference("nll", xr, target, weight, reduction="sum"), xr)
     torch.testing.assert_close(x.grad, 2 * gr, rtol=0, atol=0)
+    x.grad.resize_(T, B, C + 1)  # resizable like any gradient (reallocates)
+    assert x.grad.shape == (T, B, C + 1)
+    (g,) = torch.autograd.grad(rnn_ext.seq_nll_loss(x, target), [x])
+    g.untyped_storage().resize_(0)  # the storage-freeing pattern of FSDP-style code
+    assert g.untyped_storage().nbytes() == 0
     with torch.profiler.profile(profile_memory=True) as prof:
         torch.autograd.grad(rnn_ext.seq_nll_loss(x, target), [x])
     by_op = {e.key: e.self_cpu_memory_usage for e in prof.key_averages()}

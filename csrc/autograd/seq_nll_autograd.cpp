@@ -56,6 +56,8 @@ at::Tensor reference_loss(bool cross_entropy, const at::Tensor& input, const at:
   return out;
 }
 
+// Called before Function::apply, whose forward runs with grad mode off: here the caller's grad
+// mode still holds.
 void check_weight_not_differentiable(const std::optional<at::Tensor>& weight) {
   TORCH_CHECK(
       !(weight.has_value() && weight->defined() && weight->requires_grad() &&
@@ -97,7 +99,6 @@ class SeqNLLLossFunction : public torch::autograd::Function<SeqNLLLossFunction> 
                                const at::Tensor& target, const std::optional<at::Tensor>& weight,
                                int64_t ignore_index, c10::string_view reduction,
                                bool target_batch_first) {
-    check_weight_not_differentiable(weight);
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("rnn_ext::seq_nll_loss_forward", "")
@@ -140,7 +141,6 @@ class SeqCrossEntropyFunction : public torch::autograd::Function<SeqCrossEntropy
                                const at::Tensor& target, const std::optional<at::Tensor>& weight,
                                int64_t ignore_index, c10::string_view reduction,
                                bool target_batch_first) {
-    check_weight_not_differentiable(weight);
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("rnn_ext::seq_cross_entropy_forward", "")
@@ -181,6 +181,7 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_autograd(
     const at::Tensor& log_probs, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, int64_t ignore_index, c10::string_view reduction,
     bool target_batch_first) {
+  check_weight_not_differentiable(weight);
   const variable_list out = SeqNLLLossFunction::apply(log_probs, target, weight, ignore_index,
                                                       reduction, target_batch_first);
   return {out[0], out[1]};
@@ -189,6 +190,7 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_autograd(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_autograd(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, c10::string_view reduction, bool target_batch_first) {
+  check_weight_not_differentiable(weight);
   const variable_list out = SeqCrossEntropyFunction::apply(logits, target, weight, ignore_index,
                                                            reduction, target_batch_first);
   return {out[0], out[1], out[2]};

@@ -14,7 +14,7 @@
 //             grad_bias = sum ga (summed as ga is produced, per block of rows, in the
 //             accumulation type)
 // A zero h_0 (nn.RNN's default) skips the first step's recurrent GEMM and the h_0 term of
-// grad_weight_hh. Only the outputs are saved for backward. Threads come from ATen (BLAS,
+// grad_weight_hh (unless W_hh / g0 holds an inf or NaN: 0 * inf is NaN, as nn.RNN gives). Only the outputs are saved for backward. Threads come from ATen (BLAS,
 // at::parallel_for).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -133,7 +133,7 @@ void preactivation_grad_step(scalar_t* ga_t, at::opmath_type<scalar_t>* gb_block
 }
 
 // Whether every element of h (a CPU tensor) is zero, as nn.RNN's default hx is: then the
-// recurrent GEMM of the first step and the h_0 term of grad_weight_hh are skipped (each a
+// recurrent GEMM of the first step and the h_0 term of grad_weight_hh can be skipped (each a
 // B x H x H GEMM: 0.2 ms of the lesson's 8 ms step). Stops at the first nonzero (or NaN).
 bool all_zero(const at::Tensor& h) {
   bool zero = true;
@@ -152,6 +152,30 @@ bool all_zero(const at::Tensor& h) {
     }
   });
   return zero;
+}
+
+// Whether every element of t (a CPU tensor) is finite. A product with a zero h_0 is skipped
+// only when the other factor is finite: 0 * inf is NaN, and nn.RNN, which multiplies, gives it.
+bool all_finite(const at::Tensor& t) {
+  bool finite = true;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "all_finite", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor tc = t.contiguous();
+    const scalar_t* p = tc.const_data_ptr<scalar_t>();
+    const int64_t n = tc.numel();
+    bool bad = false;
+    for (int64_t k = 0; k < n; ++k) {
+      const acc_t v = static_cast<acc_t>(p[k]);
+      bad |= !(v - v == acc_t(0));  // inf - inf and NaN - NaN are NaN
+    }
+    finite = !bad;
+  });
+  return finite;
+}
+
+// The zero-h_0 shortcut (all_zero), taken only when the factor it multiplies is finite.
+bool zero_product(const at::Tensor& h_0, const at::Tensor& factor) {
+  return all_zero(h_0) && all_finite(factor);
 }
 
 void activate_(at::Tensor& t, Activation act) {
@@ -186,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
     return {output, h_0_.clone(at::MemoryFormat::Contiguous)};
   }
 
-  const bool h_0_zero = all_zero(h_0_);
+  const bool h_0_zero = zero_product(h_0_, weight_hh);
   if (!lengths_cpu.defined()) {
     at::Tensor h_prev = h_0_;
     for (const auto step : c10::irange(T)) {
@@ -305,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
 
   // The g buffer is free now: it becomes grad_h_0 (no further (B, H) allocation).
   auto [grad_input, grad_h_0, grad_weight_ih, grad_weight_hh] =
-      acc.finish(g0, input, h_0, weight_ih, weight_hh, output_mask, g, all_zero(h_0));
+      acc.finish(g0, input, h_0, weight_ih, weight_hh, output_mask, g, zero_product(h_0, g0));
   // The blocks' sums, added in block order.
   at::Tensor grad_bias = at::empty({H}, input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),

@@ -18,6 +18,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/util/accumulate.h>
 #include <torch/library.h>
 
@@ -426,16 +427,26 @@ at::Tensor zeros_with_sparse_rows(at::IntArrayRef sizes, const at::TensorOptions
         c10::reportMemoryUsageToProfiler(p, static_cast<int64_t>(nbytes), 0, 0,
                                          c10::Device(c10::kCPU));
       }
-      return at::from_blob(
-          p, sizes,
-          [nbytes, profiled](void* q) {
-            if (profiled) {
-              c10::reportMemoryUsageToProfiler(q, -static_cast<int64_t>(nbytes), 0, 0,
-                                               c10::Device(c10::kCPU));
-            }
-            munmap(q, nbytes);
-          },
-          options);
+      // Its own deleter unmaps it (and tells the profiler); the storage keeps the CPU
+      // allocator and stays resizable, like any other gradient (a resize reallocates through
+      // the allocator and frees the mapping).
+      struct Mapping {
+        void* addr;
+        size_t nbytes;
+        bool profiled;
+      };
+      c10::DataPtr data(p, new Mapping{p, nbytes, profiled}, [](void* ctx) {
+        const auto* m = static_cast<const Mapping*>(ctx);
+        if (m->profiled) {
+          c10::reportMemoryUsageToProfiler(m->addr, -static_cast<int64_t>(m->nbytes), 0, 0,
+                                           c10::Device(c10::kCPU));
+        }
+        munmap(m->addr, m->nbytes);
+        delete m;
+      }, c10::Device(c10::kCPU));
+      c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data),
+                           c10::GetCPUAllocator(), /*resizable=*/true);
+      return at::empty({0}, options).set_(storage, 0, sizes);
     }
   }
 #endif
