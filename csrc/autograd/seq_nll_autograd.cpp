@@ -79,99 +79,98 @@ void save(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& targe
   ctx->mark_non_differentiable(stats);
 }
 
+// The saved non-tensor arguments, and the optional weight, as the *_backward operators take
+// them.
+struct SavedArgs {
+  std::optional<at::Tensor> weight;
+  int64_t ignore_index;
+  std::string reduction;
+  bool target_batch_first;
+
+  SavedArgs(AutogradContext* ctx, const variable_list& saved)
+      : weight(saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt),
+        ignore_index(ctx->saved_data["ignore_index"].toInt()),
+        reduction(ctx->saved_data["reduction"].toStringRef()),
+        target_batch_first(ctx->saved_data["target_batch_first"].toBool()) {}
+};
+
 // grad of the loss with respect to the input, with a graph, by differentiating the ATen
 // recomputation (double backward).
 at::Tensor grad_by_recomputation(AutogradContext* ctx, bool cross_entropy,
                                  const variable_list& saved, const at::Tensor& grad_loss) {
   const at::Tensor& input = saved[0];
-  const std::optional<at::Tensor> weight =
-      saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
-  const at::Tensor loss = reference_loss(
-      cross_entropy, input, saved[1], weight, ctx->saved_data["ignore_index"].toInt(),
-      ctx->saved_data["reduction"].toStringRef(), ctx->saved_data["target_batch_first"].toBool());
+  const SavedArgs a(ctx, saved);
+  const at::Tensor loss = reference_loss(cross_entropy, input, saved[1], a.weight,
+                                         a.ignore_index, a.reduction, a.target_batch_first);
   return torch::autograd::grad({loss}, {input}, {grad_loss}, /*retain_graph=*/true,
                                /*create_graph=*/true)[0];
 }
 
-class SeqNLLLossFunction : public torch::autograd::Function<SeqNLLLossFunction> {
+// seq_nll_loss_forward (kCrossEntropy false: outputs loss, total_weight) and
+// seq_cross_entropy_forward (true: loss, lse, total_weight). Saved: input, target, weight, then
+// the statistics outputs.
+template <bool kCrossEntropy>
+class SeqLossFunction : public torch::autograd::Function<SeqLossFunction<kCrossEntropy>> {
  public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& log_probs,
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& target, const std::optional<at::Tensor>& weight,
                                int64_t ignore_index, c10::string_view reduction,
                                bool target_batch_first) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("rnn_ext::seq_nll_loss_forward", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor>(
-                             const at::Tensor&, const at::Tensor&,
-                             const std::optional<at::Tensor>&, int64_t, c10::string_view, bool)>();
-    auto [loss, total_weight] =
-        op.call(log_probs, target, weight, ignore_index, reduction, target_batch_first);
-    save(ctx, log_probs, target, weight, ignore_index, reduction, target_batch_first,
-         {total_weight});
-    return {loss, total_weight};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const variable_list saved = ctx->get_saved_variables();
-    at::Tensor grad;
-    if (at::GradMode::is_enabled()) {
-      grad = grad_by_recomputation(ctx, /*cross_entropy=*/false, saved, grad_outputs[0]);
-    } else if (ctx->needs_input_grad(0)) {
+    variable_list out;
+    if constexpr (kCrossEntropy) {
       static auto op = c10::Dispatcher::singleton()
-                           .findSchemaOrThrow("rnn_ext::seq_nll_loss_backward", "")
-                           .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                             const at::Tensor&, const std::optional<at::Tensor>&,
-                                             int64_t, c10::string_view, bool,
-                                             const at::Tensor&)>();
-      const std::optional<at::Tensor> weight =
-          saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
-      grad = op.call(grad_outputs[0], saved[0], saved[1], weight,
-                     ctx->saved_data["ignore_index"].toInt(),
-                     ctx->saved_data["reduction"].toStringRef(),
-                     ctx->saved_data["target_batch_first"].toBool(), saved[3]);
+                           .findSchemaOrThrow("rnn_ext::seq_cross_entropy_forward", "")
+                           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                               const at::Tensor&, const at::Tensor&,
+                               const std::optional<at::Tensor>&, int64_t, c10::string_view,
+                               bool)>();
+      auto [loss, lse, total_weight] =
+          op.call(input, target, weight, ignore_index, reduction, target_batch_first);
+      out = {loss, lse, total_weight};
+    } else {
+      static auto op = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("rnn_ext::seq_nll_loss_forward", "")
+                           .typed<std::tuple<at::Tensor, at::Tensor>(
+                               const at::Tensor&, const at::Tensor&,
+                               const std::optional<at::Tensor>&, int64_t, c10::string_view,
+                               bool)>();
+      auto [loss, total_weight] =
+          op.call(input, target, weight, ignore_index, reduction, target_batch_first);
+      out = {loss, total_weight};
     }
-    return {grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
-
-class SeqCrossEntropyFunction : public torch::autograd::Function<SeqCrossEntropyFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits,
-                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                               int64_t ignore_index, c10::string_view reduction,
-                               bool target_batch_first) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("rnn_ext::seq_cross_entropy_forward", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                             const at::Tensor&, const at::Tensor&,
-                             const std::optional<at::Tensor>&, int64_t, c10::string_view, bool)>();
-    auto [loss, lse, total_weight] =
-        op.call(logits, target, weight, ignore_index, reduction, target_batch_first);
-    save(ctx, logits, target, weight, ignore_index, reduction, target_batch_first,
-         {lse, total_weight});
-    return {loss, lse, total_weight};
+    save(ctx, input, target, weight, ignore_index, reduction, target_batch_first,
+         variable_list(out.begin() + 1, out.end()));
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
     at::Tensor grad;
     if (at::GradMode::is_enabled()) {
-      grad = grad_by_recomputation(ctx, /*cross_entropy=*/true, saved, grad_outputs[0]);
+      grad = grad_by_recomputation(ctx, kCrossEntropy, saved, grad_outputs[0]);
     } else if (ctx->needs_input_grad(0)) {
-      static auto op = c10::Dispatcher::singleton()
-                           .findSchemaOrThrow("rnn_ext::seq_cross_entropy_backward", "")
-                           .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                             const at::Tensor&, const std::optional<at::Tensor>&,
-                                             int64_t, c10::string_view, bool, const at::Tensor&,
-                                             const at::Tensor&)>();
-      const std::optional<at::Tensor> weight =
-          saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
-      grad = op.call(grad_outputs[0], saved[0], saved[1], weight,
-                     ctx->saved_data["ignore_index"].toInt(),
-                     ctx->saved_data["reduction"].toStringRef(),
-                     ctx->saved_data["target_batch_first"].toBool(), saved[3], saved[4]);
+      const SavedArgs a(ctx, saved);
+      if constexpr (kCrossEntropy) {
+        static auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rnn_ext::seq_cross_entropy_backward", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                               const at::Tensor&,
+                                               const std::optional<at::Tensor>&, int64_t,
+                                               c10::string_view, bool, const at::Tensor&,
+                                               const at::Tensor&)>();
+        grad = op.call(grad_outputs[0], saved[0], saved[1], a.weight, a.ignore_index,
+                       a.reduction, a.target_batch_first, saved[3], saved[4]);
+      } else {
+        static auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rnn_ext::seq_nll_loss_backward", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                               const at::Tensor&,
+                                               const std::optional<at::Tensor>&, int64_t,
+                                               c10::string_view, bool, const at::Tensor&)>();
+        grad = op.call(grad_outputs[0], saved[0], saved[1], a.weight, a.ignore_index,
+                       a.reduction, a.target_batch_first, saved[3]);
+      }
     }
     return {grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -182,8 +181,9 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_autograd(
     const std::optional<at::Tensor>& weight, int64_t ignore_index, c10::string_view reduction,
     bool target_batch_first) {
   check_weight_not_differentiable(weight);
-  const variable_list out = SeqNLLLossFunction::apply(log_probs, target, weight, ignore_index,
-                                                      reduction, target_batch_first);
+  const variable_list out = SeqLossFunction<false>::apply(log_probs, target, weight,
+                                                         ignore_index, reduction,
+                                                         target_batch_first);
   return {out[0], out[1]};
 }
 
@@ -191,8 +191,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_autogra
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, c10::string_view reduction, bool target_batch_first) {
   check_weight_not_differentiable(weight);
-  const variable_list out = SeqCrossEntropyFunction::apply(logits, target, weight, ignore_index,
-                                                           reduction, target_batch_first);
+  const variable_list out = SeqLossFunction<true>::apply(logits, target, weight, ignore_index,
+                                                        reduction, target_batch_first);
   return {out[0], out[1], out[2]};
 }
 
