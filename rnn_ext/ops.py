@@ -125,6 +125,9 @@ def _elman_setup_context(ctx, inputs, output):
     ctx.save_for_backward(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, out, lengths)
     ctx.nonlinearity = nonlinearity
     ctx.reverse = reverse
+    # An unused output's gradient arrives as None, not as a fresh tensor of zeros; the backward
+    # hands the kernels a broadcast zero instead, which they read without materializing it.
+    ctx.set_materialize_grads(False)
 
 
 def _grads_by_recomputation(ctx, outputs_fn, grad_outputs, n_tensor_inputs):
@@ -149,6 +152,10 @@ def _grads_by_recomputation(ctx, outputs_fn, grad_outputs, n_tensor_inputs):
 
 def _elman_backward(ctx, grad_output, grad_h_n):
     input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, out, lengths = ctx.saved_tensors
+    if grad_output is None:
+        grad_output = out.new_zeros(()).expand(out.shape)
+    if grad_h_n is None:
+        grad_h_n = out.new_zeros(()).expand(out.shape[1:])
     if torch.is_grad_enabled():
         # create_graph=True: the fused backward is not itself differentiable, so differentiate
         # a step-by-step recomputation instead (exact; used only for double backward).

@@ -168,6 +168,43 @@ def test_zero_h_0_shortcut_keeps_nn_rnn_inf_and_nan(reverse):
         torch.testing.assert_close(a, e, equal_nan=True)
 
 
+@pytest.mark.parametrize("used", ["output", "h_n", "h_n_sum", "last_output"])
+@pytest.mark.parametrize("reverse,with_lengths", [(False, False), (True, True), (False, True)])
+def test_gradients_when_an_output_is_unused(used, reverse, with_lengths):
+    """An unused output's gradient reaches the backward as None (materialize_grads off) and
+    the kernel reads a broadcast zero in its place; a broadcast grad_h_n is read as one row:
+    the gradients must still be nn.RNN's."""
+    torch.manual_seed(1)
+    T, B, I, H = 6, 5, 3, 4
+    rnn = nn.RNN(I, H, bidirectional=True).double()
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, B, H, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 2, 5, 1, 6]) if with_lengths else None
+    d = int(reverse)
+    sfx = "_reverse" if reverse else ""
+    if with_lengths:
+        out_ref, hn_ref = rnn(pack_padded_sequence(x, lengths, enforce_sorted=False), h0)
+        out_ref, _ = pad_packed_sequence(out_ref, total_length=T)
+    else:
+        out_ref, hn_ref = rnn(x, h0)
+    out_ref, hn_ref = out_ref[..., d * H:(d + 1) * H], hn_ref[d]
+    out, hn = elman_rnn(x, h0[d], *_op_args(rnn, sfx), "tanh", reverse, lengths)
+
+    def loss(o, h):
+        if used == "output":
+            return (o * torch.arange(1.0, H + 1, dtype=o.dtype)).sum()
+        if used == "h_n":
+            return (h * torch.arange(1.0, H + 1, dtype=h.dtype)).sum()
+        if used == "h_n_sum":  # grad_h_n: ones expanded, stride 0 (read as one row)
+            return h.sum()
+        return o[0 if reverse else -1].pow(2).sum()
+
+    inputs = [x, h0, *_rnn_params(rnn, sfx)]
+    expected = torch.autograd.grad(loss(out_ref, hn_ref), inputs)
+    actual = torch.autograd.grad(loss(out, hn), inputs)
+    _assert_close_all(actual, expected, torch.float64)
+
+
 def test_padded_steps_output_zero_and_keep_state():
     torch.manual_seed(0)
     T, B, I, H = 6, 3, 2, 4

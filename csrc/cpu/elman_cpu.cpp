@@ -104,12 +104,14 @@ inline RowBlocks row_blocks(int64_t B, int64_t H) {
 
 // ga_t = (gy_t + g) * phi'(h_t) for a whole step, and gb_blocks[k] += the column sums of block
 // k's rows of ga_t; rows of ended sequences (t >= lengths[b]) get 0. gy_t: this step's
-// gradient, rows gy_sB apart, elements gy_sH (0 or 1) apart. Rows are read and written
-// contiguously (streams the prefetchers follow).
+// gradient, rows gy_sB apart, elements gy_sH (0 or 1) apart; g: the gradient carried from the
+// step after, rows g_sB apart (0: one row for all). Rows are read and written contiguously
+// (streams the prefetchers follow).
 template <typename scalar_t>
 void preactivation_grad_step(scalar_t* ga_t, at::opmath_type<scalar_t>* gb_blocks,
                              const scalar_t* gy_t, int64_t gy_sB, int64_t gy_sH,
-                             const scalar_t* g, const scalar_t* h_t, const int64_t* len,
+                             const scalar_t* g, int64_t g_sB, const scalar_t* h_t,
+                             const int64_t* len,
                              int64_t t, int64_t B, int64_t H, Activation act) {
   const RowBlocks rb = row_blocks(B, H);
   at::parallel_for(0, rb.count, 1, [&](int64_t k0, int64_t k1) {
@@ -122,10 +124,10 @@ void preactivation_grad_step(scalar_t* ga_t, at::opmath_type<scalar_t>* gb_block
           std::fill(ga_t + o, ga_t + o + H, scalar_t(0));
         } else if (act == Activation::Tanh) {
           preactivation_grad_segment<scalar_t, Activation::Tanh>(ga_t + o, gb, gy_b, gy_sH,
-                                                                 g + o, h_t + o, H);
+                                                                 g + b * g_sB, h_t + o, H);
         } else {
           preactivation_grad_segment<scalar_t, Activation::Relu>(ga_t + o, gb, gy_b, gy_sH,
-                                                                 g + o, h_t + o, H);
+                                                                 g + b * g_sB, h_t + o, H);
         }
       }
     }
@@ -276,7 +278,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
       std::min((kChunkRows + B - 1) / std::max<int64_t>(B, 1), (T + 1) / 2), 1, T);
   at::Tensor ga = at::empty({K, B, H}, input.options());
   ElmanGradAccumulator acc(input, H, output_mask[0]);
-  const at::Tensor grad_h_n = grad_h_n_.contiguous();
+  // grad_h_n: rows g_sB apart. A broadcast one (stride 0 along B: the zero that autograd
+  // hands over for an unused h_n, or an expanded row) is read as one row, not materialized.
+  const bool h_n_row = grad_h_n_.stride(0) == 0 && B > 0;
+  const at::Tensor grad_h_n =
+      h_n_row ? grad_h_n_.select(0, 0).contiguous() : grad_h_n_.contiguous();
+  const int64_t g_sB_in = h_n_row ? 0 : H;
   at::Tensor g = at::empty({B, H}, input.options());  // g = ga_t W_hh, carried to step t -/+ 1
   const int64_t* len = lengths_cpu.defined() ? lengths_cpu.const_data_ptr<int64_t>() : nullptr;
   at::Tensor g_next = len != nullptr ? at::empty_like(g) : at::Tensor();
@@ -296,10 +303,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
       const int64_t c0 = t / K * K, n = std::min(T, c0 + K) - c0;  // this step's chunk
       at::Tensor ga_t = ga.select(0, t - c0);
       const at::Tensor& g_in = step == 0 ? grad_h_n : g;
+      const int64_t g_sB = step == 0 ? g_sB_in : H;
       preactivation_grad_step<scalar_t>(
           ga_t.data_ptr<scalar_t>(), gb_blocks.data_ptr<at::opmath_type<scalar_t>>(),
           gy.const_data_ptr<scalar_t>() + t * gy.stride(0),
-          gy.stride(1), H <= 1 ? 1 : gy.stride(2), g_in.const_data_ptr<scalar_t>(),
+          gy.stride(1), H <= 1 ? 1 : gy.stride(2), g_in.const_data_ptr<scalar_t>(), g_sB,
           out.const_data_ptr<scalar_t>() + t * B * H, len, t, B, H, act);
       if (g0.defined()) {
         const scalar_t* src = ga_t.const_data_ptr<scalar_t>();
@@ -326,7 +334,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
       scalar_t* gn = g_next.data_ptr<scalar_t>();
       for (const auto b : c10::irange(B)) {
         if (t >= len[b]) {
-          std::copy(gp + b * H, gp + (b + 1) * H, gn + b * H);
+          std::copy(gp + b * g_sB, gp + b * g_sB + H, gn + b * H);
         }
       }
       std::swap(g, g_next);
