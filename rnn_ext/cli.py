@@ -241,7 +241,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _setup_threads(args)
     run = {"train": _train, "generate": _generate, "lesson": _lesson}[args.command]
     try:
-        return run(args)
+        status = run(args)
+        sys.stdout.flush()  # inside the try: a closed pipe raises here, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`... generate | head`): stop quietly, as Unix tools do, with
+        # 128 + SIGPIPE; stdout goes to devnull so that the exit flush does not raise again
+        # (Python docs, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         msg = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
         return _error(args.command, msg)

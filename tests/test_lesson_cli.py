@@ -79,6 +79,17 @@ def test_generate(ckpt, capsys):
     assert len(capsys.readouterr().out.rstrip("\n")) == 24
 
 
+def test_generate_into_a_closed_pipe_exits_quietly(ckpt):
+    """`python -m rnn_ext generate ... | head`: the reader closes the pipe; no traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "rnn_ext", "generate", "--checkpoint", ckpt,
+                          "--prompt", "The ", "-n", "200"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before anything is written
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
 def test_generate_errors(ckpt, tmp_path, capsys):
     assert main(["generate", "--checkpoint", ckpt, "--prompt", "caf\u00e9"]) == 2
     err = capsys.readouterr().err
