@@ -2,8 +2,8 @@
 //
 // Kernels live in csrc/cpu/*.cpp (TORCH_LIBRARY_IMPL(rnn_ext, CPU, m)) and csrc/cuda/*.cu
 // (TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m)); shape functions (register_fake) are registered from
-// Python (rnn_ext/ops.py, rnn_ext/loss.py); autograd from Python for the Elman ops
-// (register_autograd, rnn_ext/ops.py) and in C++ for the loss ops (csrc/autograd/).
+// Python (rnn_ext/ops.py, rnn_ext/loss.py); autograd in C++ (csrc/autograd/,
+// TORCH_LIBRARY_IMPL(rnn_ext, Autograd, m)).
 //
 // Shapes: T time steps, B batch, I input features, H hidden features, C classes.
 #include <Python.h>

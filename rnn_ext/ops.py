@@ -1,11 +1,12 @@
 """The Python face of ``torch.ops.rnn_ext.*``: functions, shape functions and autograd.
 
 Each operator's schema is written once, in ``csrc/rnn_ext.cpp``; its kernels are in
-``csrc/cpu`` and ``csrc/cuda``. This module registers, for every forward operator, a fake
+``csrc/cpu`` and ``csrc/cuda``. This module registers, for every Elman operator, a fake
 (meta) implementation with :func:`torch.library.register_fake` (so ``torch.compile`` and
-:func:`torch.library.opcheck` can trace it) and its gradient with
-:func:`torch.library.register_autograd`, whose backward calls the matching ``*_backward``
-operator.
+:func:`torch.library.opcheck` can trace it). Their autograd is registered in C++
+(``csrc/autograd/elman_autograd.cpp``): the backward calls the matching ``*_backward``
+operator, and double backward differentiates a step-by-step recomputation in ATen operations
+(the semantics of :func:`rnn_ext.reference.elman_rnn_reference`).
 
 Shapes used throughout: ``T`` time steps, ``B`` batch, ``I`` input features, ``H`` hidden
 features.
@@ -19,7 +20,6 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnn_ext.*)
-from .reference import elman_rnn_reference
 
 __all__ = ["elman_rnn", "elman_cell", "has_cuda_kernels", "set_cuda_persistent", "get_cuda_persistent"]
 
@@ -119,71 +119,6 @@ def _elman_backward_fake(grad_output, grad_h_n, input, h_0, weight_ih, weight_hh
     )
 
 
-def _elman_setup_context(ctx, inputs, output):
-    input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, reverse, lengths = inputs
-    out, _ = output
-    ctx.save_for_backward(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, out, lengths)
-    ctx.nonlinearity = nonlinearity
-    ctx.reverse = reverse
-    # An unused output's gradient arrives as None, not as a fresh tensor of zeros; the backward
-    # hands the kernels a broadcast zero instead, which they read without materializing it.
-    ctx.set_materialize_grads(False)
-
-
-def _grads_by_recomputation(ctx, outputs_fn, grad_outputs, n_tensor_inputs):
-    """Gradients of the differentiable recomputation ``outputs_fn()`` with a graph
-    (``create_graph=True``), for double backward. Returns one entry per tensor input."""
-    saved = ctx.saved_tensors[:n_tensor_inputs]
-    with torch.enable_grad():
-        outputs = outputs_fn()
-        wanted = [
-            i for i, t in enumerate(saved)
-            if t is not None and ctx.needs_input_grad[i] and t.requires_grad
-        ]
-        grads = torch.autograd.grad(
-            outputs, [saved[i] for i in wanted], grad_outputs, create_graph=True,
-            allow_unused=True,
-        )
-    result = [None] * n_tensor_inputs
-    for i, g in zip(wanted, grads):
-        result[i] = g
-    return result
-
-
-def _elman_backward(ctx, grad_output, grad_h_n):
-    input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, out, lengths = ctx.saved_tensors
-    if grad_output is None:
-        grad_output = out.new_zeros(()).expand(out.shape)
-    if grad_h_n is None:
-        grad_h_n = out.new_zeros(()).expand(out.shape[1:])
-    if torch.is_grad_enabled():
-        # create_graph=True: the fused backward is not itself differentiable, so differentiate
-        # a step-by-step recomputation instead (exact; used only for double backward).
-        grads = _grads_by_recomputation(
-            ctx,
-            lambda: elman_rnn_reference(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh,
-                                        ctx.nonlinearity, ctx.reverse, lengths),
-            (grad_output, grad_h_n),
-            6,
-        )
-        return (*grads, None, None, None)
-    gx, gh0, gwih, gwhh, gb = torch.ops.rnn_ext.elman_backward(
-        grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, out, ctx.nonlinearity,
-        ctx.reverse, lengths, [ctx.needs_input_grad[0], ctx.needs_input_grad[1]],
-    )
-    return (
-        gx, gh0, gwih, gwhh,
-        gb if bias_ih is not None else None,
-        gb if bias_hh is not None else None,
-        None, None, None,
-    )
-
-
-torch.library.register_autograd(
-    "rnn_ext::elman_forward", _elman_backward, setup_context=_elman_setup_context
-)
-
-
 # ---------------------------------------------------------------------------------------------
 # Elman cell op
 
@@ -233,39 +168,6 @@ def _elman_cell_backward_fake(grad_hy, input, hx, weight_ih, weight_hh, hy, nonl
         weight_hh.new_empty(weight_hh.shape),
         weight_hh.new_empty((weight_hh.shape[0],)),
     )
-
-
-def _elman_cell_setup_context(ctx, inputs, output):
-    input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity = inputs
-    ctx.save_for_backward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, output)
-    ctx.nonlinearity = nonlinearity
-
-
-def _elman_cell_backward(ctx, grad_hy):
-    input, hx, weight_ih, weight_hh, bias_ih, bias_hh, hy = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        grads = _grads_by_recomputation(
-            ctx,
-            lambda: elman_rnn_reference(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih,
-                                        bias_hh, ctx.nonlinearity)[1],
-            (grad_hy,),
-            6,
-        )
-        return (*grads, None)
-    gx, ghx, gwih, gwhh, gb = torch.ops.rnn_ext.elman_cell_backward(
-        grad_hy, input, hx, weight_ih, weight_hh, hy, ctx.nonlinearity
-    )
-    return (
-        gx, ghx, gwih, gwhh,
-        gb if bias_ih is not None else None,
-        gb if bias_hh is not None else None,
-        None,
-    )
-
-
-torch.library.register_autograd(
-    "rnn_ext::elman_cell_forward", _elman_cell_backward, setup_context=_elman_cell_setup_context
-)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -615,7 +615,7 @@ def test_functional_call_uses_given_parameters():
     _compare(got, expected, torch.float64)
     assert not torch.allclose(got[0], ours(x)[0])
     # Gradients reach the substituted parameters (ordinary autograd; torch.func.grad over the
-    # custom operator is not supported by torch.library's autograd registration).
+    # custom operator is not supported: its autograd is a C++ torch::autograd::Function).
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
     grads = []
     for m in (ours, ref):
