@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -249,6 +250,21 @@ struct BadRow {
   }
 };
 
+// The weight of row r, whose target is y: nullopt for a row that contributes nothing (its
+// target is ignore_index, or out of [0, C), which is recorded in `bad` and raised later).
+template <typename RT>
+inline std::optional<typename RT::acc_t> row_weight(const RT& rt, int64_t y, int64_t r,
+                                                    BadRow& bad) {
+  if (rt.ignored(y)) {
+    return std::nullopt;
+  }
+  if (!seq_target_in_range(y, rt.s.C)) {
+    bad.record(r);
+    return std::nullopt;
+  }
+  return rt.w(y);
+}
+
 // Calls f(t, b, r) for rows r in [r0, r1), r = t * B + b, keeping (t, b) as counters (a 64-bit
 // division per row costs more than a short row's work).
 template <typename F>
@@ -360,15 +376,11 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_cpu(
               [&](int64_t t, int64_t b, int64_t r,
                   std::vector<acc_t>& /*buf*/) -> std::pair<acc_t, acc_t> {
                 const int64_t y = rt.y(t, b);
-                if (rt.ignored(y)) {
+                const auto w = row_weight(rt, y, r, bad);
+                if (!w) {
                   return {acc_t(0), acc_t(0)};
                 }
-                if (!seq_target_in_range(y, s.C)) {
-                  bad.record(r);
-                  return {acc_t(0), acc_t(0)};
-                }
-                const acc_t w = rt.w(y);
-                return {seq_nll_row_loss(acc_t(lp[t * st + b * sb + y * sc]), w), w};
+                return {seq_nll_row_loss(acc_t(lp[t * st + b * sb + y * sc]), *w), *w};
               });
           bad.raise_if_any(op, rt, target_batch_first);
           finish_outputs<scalar_t>(loss, total_weight, reduction, sums.first, sums.second);
@@ -479,14 +491,9 @@ at::Tensor seq_nll_loss_backward_cpu(
           at::parallel_for(0, s.T * s.B, rows_per_block(s.C), [&](int64_t r0, int64_t r1) {
             for_rows(r0, r1, s.B, [&](int64_t t, int64_t b, int64_t r) {
               const int64_t y = rt.y(t, b);
-              if (rt.ignored(y)) {
-                return;
+              if (const auto w = row_weight(rt, y, r, bad)) {
+                g[r * s.C + y] = static_cast<scalar_t>(*w * gs(t, b));
               }
-              if (!seq_target_in_range(y, s.C)) {
-                bad.record(r);
-                return;
-              }
-              g[r * s.C + y] = static_cast<scalar_t>(rt.w(y) * gs(t, b));
             });
           });
           bad.raise_if_any(op, rt, target_batch_first);
@@ -562,15 +569,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
                                   : -std::numeric_limits<acc_t>::infinity();
                 lse_p[r] = l;
                 const int64_t y = rt.y(t, b);
-                if (rt.ignored(y)) {
+                const auto w = row_weight(rt, y, r, bad);
+                if (!w) {
                   return {acc_t(0), acc_t(0)};
                 }
-                if (!seq_target_in_range(y, s.C)) {
-                  bad.record(r);
-                  return {acc_t(0), acc_t(0)};
-                }
-                const acc_t w = rt.w(y);
-                return {seq_ce_row_loss(l, acc_t(row[y]), w), w};
+                return {seq_ce_row_loss(l, acc_t(row[y]), *w), *w};
               });
           bad.raise_if_any(op, rt, target_batch_first);
           finish_outputs<scalar_t>(loss, total_weight, reduction, sums.first, sums.second);
@@ -612,16 +615,12 @@ at::Tensor seq_cross_entropy_backward_cpu(
             for_rows(r0, r1, s.B, [&](int64_t t, int64_t b, int64_t r) {
               scalar_t* grow = g + r * s.C;
               const int64_t y = rt.y(t, b);
-              if (rt.ignored(y)) {
+              const auto w = row_weight(rt, y, r, bad);
+              if (!w) {
                 std::fill(grow, grow + s.C, scalar_t(0));
                 return;
               }
-              if (!seq_target_in_range(y, s.C)) {
-                bad.record(r);
-                std::fill(grow, grow + s.C, scalar_t(0));
-                return;
-              }
-              const acc_t c = rt.w(y) * gs(t, b);
+              const acc_t c = *w * gs(t, b);
               const acc_t l = lse_p[t * lse_st + b * lse_sb];
               const acc_t* xrow = row_as_acc<scalar_t, acc_t>(x + t * st + b * sb, s.C, xbuf);
               row_ce_grad_any(grow, xrow, s.C, l, c, y, gbuf);
