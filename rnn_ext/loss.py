@@ -49,14 +49,6 @@ def _check_reduction(reduction: str) -> None:
         )
 
 
-def _check_weight_grad(name: str, weight: Optional[Tensor]) -> None:
-    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
-        raise RuntimeError(
-            f"{name}: the loss is not differentiable with respect to weight (as F.nll_loss); "
-            "weight cannot have requires_grad=True (pass weight.detach())"
-        )
-
-
 def seq_nll_loss(
     log_probs: Tensor,
     target: Tensor,
@@ -114,7 +106,6 @@ def seq_nll_loss(
     ``F.nll_loss`` (exact, slower).
     """
     _check_reduction(reduction)
-    _check_weight_grad("seq_nll_loss", weight)
     return torch.ops.rnn_ext.seq_nll_loss_forward(
         log_probs, target, weight, ignore_index, reduction, target_batch_first
     )[0]
@@ -160,7 +151,6 @@ def seq_cross_entropy(
     backward differentiates a recomputation with ``F.cross_entropy`` (exact, slower).
     """
     _check_reduction(reduction)
-    _check_weight_grad("seq_cross_entropy", weight)
     return torch.ops.rnn_ext.seq_cross_entropy_forward(
         logits, target, weight, ignore_index, reduction, target_batch_first
     )[0]

@@ -58,12 +58,12 @@ at::Tensor reference_loss(bool cross_entropy, const at::Tensor& input, const at:
 
 // Called before Function::apply, whose forward runs with grad mode off: here the caller's grad
 // mode still holds.
-void check_weight_not_differentiable(const std::optional<at::Tensor>& weight) {
+void check_weight_not_differentiable(const char* op, const std::optional<at::Tensor>& weight) {
   TORCH_CHECK(
       !(weight.has_value() && weight->defined() && weight->requires_grad() &&
         at::GradMode::is_enabled()),
-      "rnn_ext sequence loss: the loss is not differentiable with respect to weight (as "
-      "F.nll_loss); weight cannot have requires_grad=True (pass weight.detach())");
+      op, ": the loss is not differentiable with respect to weight (as F.nll_loss); weight "
+      "cannot have requires_grad=True (pass weight.detach())");
 }
 
 // Saves what both losses' backward need; `stats` are the forward's statistics outputs.
@@ -180,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_autograd(
     const at::Tensor& log_probs, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, int64_t ignore_index, c10::string_view reduction,
     bool target_batch_first) {
-  check_weight_not_differentiable(weight);
+  check_weight_not_differentiable("rnn_ext::seq_nll_loss_forward", weight);
   const variable_list out = SeqLossFunction<false>::apply(log_probs, target, weight,
                                                          ignore_index, reduction,
                                                          target_batch_first);
@@ -190,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_autograd(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_autograd(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, c10::string_view reduction, bool target_batch_first) {
-  check_weight_not_differentiable(weight);
+  check_weight_not_differentiable("rnn_ext::seq_cross_entropy_forward", weight);
   const variable_list out = SeqLossFunction<true>::apply(logits, target, weight, ignore_index,
                                                         reduction, target_batch_first);
   return {out[0], out[1], out[2]};
