@@ -83,8 +83,8 @@ class ElmanGradAccumulator {
   // hx) and g0 finite, so the g0^T h_0 GEMM, all zeros, is skipped.
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish(
       const at::Tensor& g0, const at::Tensor& input, const at::Tensor& h_0,
-      const at::Tensor& weight_ih, const at::Tensor& weight_hh, std::array<bool, 2> output_mask,
-      at::Tensor grad_h_0_buffer, bool h_0_is_zero);
+      const at::Tensor& weight_hh, std::array<bool, 2> output_mask, at::Tensor grad_h_0_buffer,
+      bool h_0_is_zero);
 
  private:
   bool transposed_weight_ih;  // accumulate grad_weight_ih as (I, H) (faster with MKL, I << H)

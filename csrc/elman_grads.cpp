@@ -65,8 +65,8 @@ void ElmanGradAccumulator::add_chunk(const at::Tensor& ga_chunk, int64_t a,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ElmanGradAccumulator::finish(
     const at::Tensor& g0, const at::Tensor& input, const at::Tensor& h_0,
-    const at::Tensor& weight_ih, const at::Tensor& weight_hh, std::array<bool, 2> output_mask,
-    at::Tensor grad_h_0_buffer, bool h_0_is_zero) {
+    const at::Tensor& weight_hh, std::array<bool, 2> output_mask, at::Tensor grad_h_0_buffer,
+    bool h_0_is_zero) {
   // Each sequence's first step hands its gradient to h_0: grad_h_0 = g0 W_hh.
   at::Tensor grad_h_0;
   if (grad_h_0_buffer.defined()) {
@@ -81,9 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ElmanGradAccumulator:
   } else if (!h_0_is_zero) {
     grad_weight_hh.addmm_(g0.t(), h_0);
   }
-  if (!grad_weight_ih.defined()) {  // no chunk was added (T = 0 cannot reach here; kept safe)
-    grad_weight_ih = at::zeros(weight_ih.sizes(), weight_ih.options());
-  } else if (transposed_weight_ih) {
+  if (transposed_weight_ih) {  // (every backward adds at least one chunk: T >= 1)
     grad_weight_ih = grad_weight_ih.t().contiguous();
   }
   at::Tensor gi = grad_input.defined() ? grad_input : at::zeros_like(input);
@@ -107,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_sequence_grads(
   } else {
     g0 = ga.index({lengths - 1, at::arange(B, lengths.options())});
   }
-  return acc.finish(g0, input, h_0, weight_ih, weight_hh, output_mask, grad_h_0_buffer,
+  return acc.finish(g0, input, h_0, weight_hh, output_mask, grad_h_0_buffer,
                     h_0_is_zero);
 }
 

@@ -14,8 +14,8 @@
 //             grad_bias = sum ga (summed as ga is produced, per block of rows, in the
 //             accumulation type)
 // A zero h_0 (nn.RNN's default) skips the first step's recurrent GEMM and the h_0 term of
-// grad_weight_hh (unless W_hh / g0 holds an inf or NaN: 0 * inf is NaN, as nn.RNN gives). Only the outputs are saved for backward. Threads come from ATen (BLAS,
-// at::parallel_for).
+// grad_weight_hh (unless W_hh / g0 holds an inf or NaN: 0 * inf is NaN, as nn.RNN gives).
+// Only the outputs are saved for backward. Threads come from ATen (BLAS, at::parallel_for).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -347,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
 
   // The g buffer is free now: it becomes grad_h_0 (no further (B, H) allocation).
   auto [grad_input, grad_h_0, grad_weight_ih, grad_weight_hh] =
-      acc.finish(g0, input, h_0, weight_ih, weight_hh, output_mask, g, zero_product(h_0, g0));
+      acc.finish(g0, input, h_0, weight_hh, output_mask, g, zero_product(h_0, g0));
   // The blocks' sums, added in block order.
   at::Tensor grad_bias = at::empty({H}, input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
