@@ -19,6 +19,8 @@
 #include <tuple>
 #include <vector>
 
+#include "saved_tensors.h"
+
 namespace rnn_ext {
 namespace {
 
@@ -33,10 +35,7 @@ std::tuple<at::Tensor, at::Tensor> elman_reference(
     const at::Tensor& weight_hh, const at::Tensor& bias_ih, const at::Tensor& bias_hh,
     const std::string& nonlinearity, bool reverse, const at::Tensor& lengths) {
   const int64_t T = input.size(0);
-  const std::optional<at::Tensor> b_ih =
-      bias_ih.defined() ? std::optional<at::Tensor>(bias_ih) : std::nullopt;
-  const std::optional<at::Tensor> b_hh =
-      bias_hh.defined() ? std::optional<at::Tensor>(bias_hh) : std::nullopt;
+  const std::optional<at::Tensor> b_ih = as_optional(bias_ih), b_hh = as_optional(bias_hh);
   const at::Tensor len = lengths.defined() ? lengths.to(input.device()) : at::Tensor();
   std::vector<at::Tensor> outs(T);
   at::Tensor h = h_0;
@@ -85,14 +84,6 @@ variable_list grads_by_recomputation(AutogradContext* ctx, const variable_list& 
     result[index[k]] = grads[k];
   }
   return result;
-}
-
-at::Tensor or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? *t : at::Tensor();
-}
-
-std::optional<at::Tensor> as_optional(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
 class ElmanFunction : public torch::autograd::Function<ElmanFunction> {

@@ -21,6 +21,8 @@
 #include <string>
 #include <tuple>
 
+#include "saved_tensors.h"
+
 namespace rnn_ext {
 namespace {
 
@@ -70,7 +72,7 @@ void check_weight_not_differentiable(const char* op, const std::optional<at::Ten
 void save(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& target,
           const std::optional<at::Tensor>& weight, int64_t ignore_index,
           c10::string_view reduction, bool target_batch_first, const variable_list& stats) {
-  variable_list saved{input, target, weight.has_value() ? *weight : at::Tensor()};
+  variable_list saved{input, target, or_undefined(weight)};
   saved.insert(saved.end(), stats.begin(), stats.end());
   ctx->save_for_backward(saved);
   ctx->saved_data["ignore_index"] = ignore_index;
@@ -88,7 +90,7 @@ struct SavedArgs {
   bool target_batch_first;
 
   SavedArgs(AutogradContext* ctx, const variable_list& saved)
-      : weight(saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt),
+      : weight(as_optional(saved[2])),
         ignore_index(ctx->saved_data["ignore_index"].toInt()),
         reduction(ctx->saved_data["reduction"].toStringRef()),
         target_batch_first(ctx->saved_data["target_batch_first"].toBool()) {}
