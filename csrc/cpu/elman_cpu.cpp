@@ -204,7 +204,8 @@ std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
     const std::optional<at::Tensor>& bias_hh, Activation act, bool reverse,
     const at::Tensor& lengths_cpu, const ElmanSizes& s) {
-  const auto [T, B, I, H] = s;
+  // Plain variables, not a structured binding: lambdas below capture them (C++17).
+  const int64_t T = s.T, B = s.B, I = s.I, H = s.H;
   const at::Tensor input = input_.contiguous();
   const at::Tensor whh_t = weight_hh.t();
   at::Tensor output = at::empty({T, B, H}, input.options());
@@ -261,7 +262,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     const at::Tensor& h_0_, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
     const at::Tensor& output_, Activation act, bool reverse, const at::Tensor& lengths_cpu,
     const ElmanSizes& s, std::array<bool, 2> output_mask) {
-  const auto [T, B, I, H] = s;
+  // Plain variables, not a structured binding: lambdas below capture them (C++17).
+  const int64_t T = s.T, B = s.B, H = s.H;
   // The last dimension of the output gradient must be dense or broadcast (stride 0); the
   // other two may have any strides.
   const at::Tensor gy = grad_output_.stride(2) == 1 || grad_output_.stride(2) == 0 || H <= 1

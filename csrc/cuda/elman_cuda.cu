@@ -763,7 +763,8 @@ std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
     const std::optional<at::Tensor>& bias_hh, Activation act, bool reverse,
     const at::Tensor& len_dev, const ElmanSizes& s, bool allow_persistent) {
-  const auto [T, B, I, H] = s;
+  // Plain variables, not a structured binding: lambdas below capture them (C++17).
+  const int64_t T = s.T, B = s.B, I = s.I, H = s.H;
   const at::Tensor input = input_.contiguous();
   at::Tensor output = at::empty({T, B, H}, input.options());
   at::Tensor out2d = output.view({T * B, H});
@@ -836,7 +837,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     const at::Tensor& weight_hh, const at::Tensor& output_, Activation act, bool reverse,
     const at::Tensor& len_dev, const ElmanSizes& s, bool allow_persistent,
     std::array<bool, 2> output_mask) {
-  const auto [T, B, I, H] = s;
+  // Plain variables, not a structured binding: lambdas below capture them (C++17).
+  const int64_t T = s.T, B = s.B, H = s.H;
   const at::Tensor gy = grad_output_.contiguous();
   const at::Tensor out = output_.contiguous();
   const at::Tensor input = input_.contiguous();
