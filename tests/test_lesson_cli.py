@@ -2,7 +2,6 @@
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -144,18 +143,32 @@ def _run(args, timeout=240):
     return subprocess.CompletedProcess(args, p.returncode, out, err)
 
 
+def test_auto_device_with_more_torchrun_ranks_than_gpus(monkeypatch):
+    from rnn_ext.lesson.recipes import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match=r"local rank 1, but only 1 CUDA device.*--device cpu"):
+        resolve_device("auto")
+
+
 def test_python_m_rnn_ext_help():
     r = _run([sys.executable, "-m", "rnn_ext", "--help"])
     assert r.returncode == 0 and "train" in r.stdout and "generate" in r.stdout
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_torchrun_two_processes_same_losses(text_file, tmp_path):
-    args = ["-m", "rnn_ext", "train", "--text", text_file, "--epochs", "2", "--bs", "64"] + SMALL
+    # torchrun of this interpreter's torch (a `torchrun` on PATH may belong to another Python),
+    # on the CPU (gloo) also on a machine with one GPU, where 2 processes would need 2 GPUs.
+    args = ["-m", "rnn_ext", "train", "--text", text_file, "--epochs", "2", "--bs", "64",
+            "--device", "cpu"] + SMALL
     one = _run([sys.executable] + args + ["--out", str(tmp_path / "one.pt")])
     assert one.returncode == 0, one.stderr
-    two = _run(["torchrun", "--standalone", "--nproc_per_node=2"] + args
-               + ["--out", str(tmp_path / "two.pt")])
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2"] + args + ["--out", str(tmp_path / "two.pt")])
     assert two.returncode == 0, two.stderr
     assert "2 processes" in two.stdout
     l1, l2 = _epoch_lines(one.stdout), _epoch_lines(two.stdout)

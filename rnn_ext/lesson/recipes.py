@@ -100,11 +100,12 @@ def resolve_device(device: Optional[str]) -> torch.device:
     torchrun), else CPU. Otherwise ``torch.device(device)``.
 
     Raises:
-        ValueError: a CUDA device asked for without CUDA, or an unknown device string.
+        ValueError: a CUDA device asked for without CUDA, an unknown device string, or (auto)
+            a torchrun ``LOCAL_RANK`` with no GPU of that index.
     """
     if device in (None, "auto"):
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return _local_rank_gpu("--device auto")
         return torch.device("cpu")
     try:
         dev = torch.device(device)
@@ -115,15 +116,31 @@ def resolve_device(device: Optional[str]) -> torch.device:
     return dev
 
 
+def _local_rank_gpu(what: str) -> torch.device:
+    """``cuda:LOCAL_RANK`` (0 without torchrun); ValueError naming ``what`` when this machine
+    has no GPU of that index (torchrun started more processes per node than there are GPUs)."""
+    rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+    if rank >= count:
+        raise ValueError(
+            f"{what}: this process is torchrun's local rank {rank}, but only {count} CUDA "
+            f"device(s) are visible; start at most {count} process(es) per node "
+            f"(--nproc_per_node) or pass --device cpu")
+    return torch.device("cuda", rank)
+
+
 def setup_distributed(device: torch.device) -> Tuple[int, int, torch.device]:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE > 1`` in the
     environment): NCCL on CUDA, gloo on CPU. Returns ``(rank, world_size, device)`` (on CUDA the
-    device becomes ``cuda:LOCAL_RANK``). Without torchrun: ``(0, 1, device)``."""
+    device becomes ``cuda:LOCAL_RANK``). Without torchrun: ``(0, 1, device)``.
+
+    Raises:
+        ValueError: on CUDA, a ``LOCAL_RANK`` with no GPU of that index.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = _local_rank_gpu(f"--device {device}")
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
