@@ -26,12 +26,14 @@ run() {  # run SECONDS CMD...: one benchmark under a time limit, failures record
     timeout "$limit" "$@" || { rc=$?; echo "FAILED (exit $rc): $*"; status=$rc; }
 }
 
-"$PY" - <<'EOF'
+# From /tmp: the installed package (the source tree has no compiled _C after `pip install .`).
+(cd /tmp && "$PY" - <<'EOF'
 import torch, rnn_ext
 print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
 print("gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 print("rnn_ext", rnn_ext.__file__, "cuda kernels:", rnn_ext.has_cuda_kernels())
 EOF
+)
 
 COMMON=(--device cuda --no-progress)
 case "$MODE" in

@@ -172,3 +172,38 @@ def test_render_readme_and_plots(tmp_path, monkeypatch):
     pngs = plot_results.main([str(res / "bench_rnn_cpu.json"), "--outdir", str(tmp_path)])
     assert [p.name for p in pngs] == ["bench_rnn_cpu.png"]
     assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cuda_sanitize_cases_on_cpu(capsys, monkeypatch):
+    """The compute-sanitizer driver of device_check.sh runs all its cases (here on the CPU
+    kernels, which it checks against float64) and reports each; a broken case fails it."""
+    import cuda_sanitize
+
+    monkeypatch.delenv("RNN_EXT_CUDA_PERSISTENT", raising=False)
+    assert cuda_sanitize.main(["--device", "cpu", "--dtypes", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "cuda_sanitize: 22 cases, 0 failed" in out
+    assert out.count("\nok   ") + out.startswith("ok   ") == 22
+
+    # A wrong kernel is caught: a reference that differs from the kernel under test.
+    real = cuda_sanitize.run_and_grads
+    calls = []
+
+    def skewed(fn, inputs, grads_out, diff):
+        outs, grads = real(fn, inputs, grads_out, diff)
+        calls.append(1)
+        if len(calls) % 2 == 1:  # the device run (the first of each pair)
+            outs = [o * 1.01 for o in outs]
+        return outs, grads
+
+    monkeypatch.setattr(cuda_sanitize, "run_and_grads", skewed)
+    assert cuda_sanitize.main(["--device", "cpu", "--dtypes", "float32"]) == 1
+    assert "cuda_sanitize: 22 cases, 22 failed" in capsys.readouterr().out
+
+
+def test_device_check_script_is_valid_bash():
+    import subprocess
+
+    for script in ("device_check.sh", "run_gpu_benchmarks.sh", "run_cpu_benchmarks.sh"):
+        r = subprocess.run(["bash", "-n", str(BENCH / script)], capture_output=True, text=True)
+        assert r.returncode == 0, (script, r.stderr)

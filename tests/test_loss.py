@@ -259,6 +259,35 @@ def test_reduced_precision(device, kind, dtype):
         torch.testing.assert_close(g.float(), gr, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_autocast_like_f_nll_loss(device, kind, dtype):
+    """Under torch.autocast the loss has the dtype F.nll_loss / F.cross_entropy give (float32
+    for 16-bit inputs, their float32 policy) and their value; the input's gradient keeps the
+    input's dtype."""
+    # CPU autocast runs in bfloat16 (a float16 input still falls under the float32 policy).
+    ac_dtype = torch.float16 if dtype == torch.float16 and device == "cuda" else torch.bfloat16
+    T, B, C = 5, 4, 30
+    x = make_input(kind, T, B, C, torch.float32, device).to(dtype)
+    target = random_target(B, T, C, device)
+    weight = (torch.rand(C, device=device) + 0.5).to(dtype)
+    for reduction in REDUCTIONS:
+        xl = x.detach().requires_grad_()
+        xr = x.detach().requires_grad_()
+        with torch.autocast(device, dtype=ac_dtype):
+            out = fused(kind)(xl, target, weight, reduction=reduction)
+            ref = lesson_reference(kind, xr, target, weight, reduction=reduction)
+        assert out.dtype == ref.dtype, (out.dtype, ref.dtype)
+        tol = TOL.get(dtype, dict(rtol=1e-2, atol=1e-2))
+        torch.testing.assert_close(out, ref, **tol)
+        grad = torch.randn_like(ref)
+        (g,) = torch.autograd.grad(out, xl, grad)
+        (gr,) = torch.autograd.grad(ref, xr, grad)
+        assert g.dtype == gr.dtype == dtype
+        torch.testing.assert_close(g, gr, **tol)
+
+
 def test_result_does_not_depend_on_thread_count():
     T, B, C = 64, 32, 40
     x = torch.randn(T, B, C)
@@ -445,9 +474,9 @@ def test_bad_arguments(device, kind):
         fn(x, target, torch.ones(C, device=device, requires_grad=True))
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_mismatch_is_an_error():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     x = torch.randn(2, 3, 4)
     with pytest.raises(RuntimeError, match="device"):
         rnn_ext.seq_nll_loss(x, torch.zeros(3, 2, dtype=torch.long, device="cuda"))
