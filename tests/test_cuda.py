@@ -66,12 +66,14 @@ def mode(request, monkeypatch):
 
 
 def poison_cuda_allocator():
-    """Fill the caching allocator's free blocks with NaN, so that an output element the kernel
-    never writes reads NaN (the ops allocate their outputs with at::empty)."""
+    """Fill the caching allocator's free blocks with all-ones bytes, which read as NaN in every
+    floating dtype (float64/32/16, bfloat16), so that an output element the kernel never writes
+    reads NaN (the ops allocate their outputs with at::empty)."""
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
-    blocks = [torch.full((1 << 17,), math.nan, device="cuda") for _ in range(64)]  # small pool
-    blocks += [torch.full((1 << 22,), math.nan, device="cuda") for _ in range(8)]  # large pool
+    ones = dict(dtype=torch.int32, device="cuda")
+    blocks = [torch.full((1 << 17,), -1, **ones) for _ in range(64)]  # small pool
+    blocks += [torch.full((1 << 22,), -1, **ones) for _ in range(8)]  # large pool
     del blocks
 
 
@@ -110,6 +112,25 @@ def run_seq(args, device, dtype=None, nonlinearity="tanh", reverse=False, length
     return out, hn, [leaf.grad if leaf is not None else None for leaf in leaves]
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def isolated_grads(args, out, gy, ghn, nonlinearity="tanh", reverse=False, lengths=None):
+    """The backward alone in float64 on the CPU, given the forward's `out` from the device.
+
+    For float16/bfloat16 the end-to-end float64 reference is ill-conditioned for the gradients:
+    a relu pre-activation next to 0 can change sign under the forward's rounding, and 1 - h^2
+    magnifies the rounding of h near +-1, so a correct kernel can miss it by 10-20%. Given the
+    same `out`, both sides use the same activation pattern and the backward's own error shows.
+    Returns the gradients in the order of `args` (bias grads only when `args` has biases).
+    """
+    x, h0, wih, whh, bih, _ = [None if a is None else a.detach().cpu().double() for a in args]
+    gx, gh0, gwih, gwhh, gb = torch.ops.rnn_ext.elman_backward(
+        gy.double(), ghn.double(), x, h0, wih, whh, out.detach().cpu().double(), nonlinearity,
+        reverse, None if lengths is None else lengths.cpu())
+    return [gx, gh0, gwih, gwhh] + ([gb, gb] if bih is not None else [])
+
+
 def grads_like(T, B, H, dtype, seed=1):
     g = torch.Generator().manual_seed(seed)
     gy = (torch.rand(T, B, H, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
@@ -143,6 +164,8 @@ def test_sequence_against_cpu_float64(mode, dtype, shape, nonlinearity):
                                    ghn=ghn)
     assert_close_rel(out, r_out, dtype, "output")
     assert_close_rel(hn, r_hn, dtype, "h_n")
+    if dtype in LOW_PRECISION:
+        r_grads = isolated_grads(args, out, gy, ghn, nonlinearity)
     for name, g, r in zip(["input", "h_0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"],
                           grads, r_grads):
         assert g.dtype == dtype
@@ -168,6 +191,8 @@ def test_lengths_and_reverse(mode, dtype, reverse, nonlinearity):
             assert (out[n:, b] == 0).all(), "padded steps must output exactly 0"
         assert_close_rel(out, r_out, dtype, "output")
         assert_close_rel(hn, r_hn, dtype, "h_n")
+        if dtype in LOW_PRECISION:
+            r_grads = isolated_grads(args, out, gy, ghn, nonlinearity, reverse, lengths)
         for g, r in zip(grads, r_grads):
             assert_close_rel(g, r, dtype, "grad")
 
@@ -201,6 +226,89 @@ def test_persistent_equals_cublas(shape, monkeypatch):
     assert rel_err(a[0], b[0]) < 1e-5 and rel_err(a[1], b[1]) < 1e-5
     for ga, gb in zip(a[2], b[2]):
         assert rel_err(ga, gb) < 1e-4
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+@pytest.mark.parametrize("use", ["output", "h_n", "output.sum"])
+def test_unused_outputs_and_broadcast_grads(mode, use):
+    """Gradients when only one output is used (autograd passes no gradient for the other: the
+    kernels get a broadcast zero) or when the gradient is a stride-0 broadcast (out.sum())."""
+    T, B, I, H = 5, 3, 4, 37
+    args = make_args(T, B, I, H, torch.float32, seed=29)
+    gy, ghn = grads_like(T, B, H, torch.float32)
+    res = {}
+    for dev, dt in (("cuda", torch.float32), ("cpu", torch.float64)):
+        leaves = [to(a, dev, dt, grad=True) for a in args]
+        out, hn = rnn_ext.elman_rnn(*leaves, lengths=torch.tensor([5, 2, 4]))
+        if use == "output":
+            loss = (out * to(gy, dev, dt)).sum()
+        elif use == "h_n":
+            loss = (hn * to(ghn, dev, dt)).sum()
+        else:
+            loss = out.sum()
+        if dev == "cuda":
+            poison_cuda_allocator()
+        loss.backward()
+        res[dev] = [leaf.grad for leaf in leaves]
+    for g, r in zip(res["cuda"], res["cpu"]):
+        assert_close_rel(g, r, torch.float32, f"grad ({use} used)")
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_gradgradcheck_float64(mode):
+    """Double backward on CUDA (a recomputation in ATen ops) against finite differences."""
+    T, B, I, H = 3, 2, 3, 4
+    args = [to(a, "cuda", torch.float64, grad=True) for a in make_args(T, B, I, H,
+                                                                        torch.float64, seed=31)]
+    lengths = torch.tensor([3, 1])
+
+    def f(*a):
+        return rnn_ext.elman_rnn(*a, lengths=lengths)
+
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+    cell_args = [args[0][0].detach().requires_grad_(), *args[1:]]
+    assert torch.autograd.gradgradcheck(lambda *a: rnn_ext.elman_cell(*a, nonlinearity="relu"),
+                                        cell_args)
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+@pytest.mark.parametrize("shape", [(4, 0, 4, 5), (4, 3, 0, 5), (4, 3, 4, 0)], ids=str)
+def test_empty_sizes(mode, shape):
+    """B, I or H = 0: the same shapes and values as the CPU operator, no launch error; T = 0 is
+    the CPU operator's (and nn.RNN's) error."""
+    T, B, I, H = shape
+    args = make_args(T, B, I, H, torch.float32, seed=37, scale=0.5)
+    gy, ghn = grads_like(T, B, H, torch.float32)
+    out, hn, grads = run_seq(args, "cuda", gy=gy, ghn=ghn)
+    r_out, r_hn, r_grads = run_seq(args, "cpu", torch.float64, gy=gy, ghn=ghn)
+    with pytest.raises(ValueError, match="sequence length T larger than 0"):
+        rnn_ext.elman_rnn(*[to(a, "cuda") for a in make_args(0, B, I, H, torch.float32, scale=1)])
+    for a, b in zip([out, hn, *grads], [r_out, r_hn, *r_grads]):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a.detach().double().cpu(), b.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_side_stream(mode):
+    """The kernels run on the current stream: on a side stream, with the default stream kept
+    busy, the results are those of the default stream."""
+    T, B, I, H = 20, 4, 8, 64
+    args = [to(a, "cuda") for a in make_args(T, B, I, H, torch.float32, seed=41)]
+    ref_out, ref_hn = rnn_ext.elman_rnn(*args)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        busy = torch.randn(2048, 2048, device="cuda")
+        for _ in range(3):
+            busy = busy @ busy / 2048 ** 0.5
+        out, hn = rnn_ext.elman_rnn(*args)
+        hy = rnn_ext.elman_cell(args[0][0], *args[1:])
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert torch.equal(out, ref_out) and torch.equal(hn, ref_hn)
+    torch.testing.assert_close(hy, ref_out[0])
 
 
 def test_require_reports_when_no_plan_fits(monkeypatch):
@@ -290,6 +398,15 @@ def test_against_cudnn_rnn(mode, dtype, bias, nonlinearity):
     ref_grads = [x.grad, h0.grad, rnn.weight_ih_l0.grad, rnn.weight_hh_l0.grad]
     if bias:
         ref_grads += [rnn.bias_ih_l0.grad, rnn.bias_hh_l0.grad]
+    if dtype in LOW_PRECISION:
+        # Both against float64: the gradients in 16 bits depend on where the forward's rounding
+        # flipped a relu or moved h near +-1 (see isolated_grads), which differs between cuDNN
+        # and us; ours must be about as close to the exact gradients as cuDNN's, or closer.
+        _, _, grads64 = run_seq(args, "cpu", torch.float64, nonlinearity=nonlinearity, gy=gy,
+                                ghn=ghn)
+        for g, r, g64 in zip(grads, ref_grads, grads64):
+            assert rel_err(g, g64) < max(2 * tol, 2 * rel_err(r, g64))
+        return
     for g, r in zip(grads, ref_grads):
         assert rel_err(g, r) < 2 * tol
 
@@ -317,7 +434,7 @@ def test_cell(dtype, nonlinearity, B):
     I, H = 5, 33
     x, h0, wih, whh, bih, bhh = make_args(1, B, I, H, dtype, seed=19)
     args = [x[0], h0, wih, whh, bih, bhh]
-    g = torch.randn(B, H, dtype=torch.float64).to(dtype)
+    g = torch.randn(B, H, dtype=torch.float64, generator=torch.Generator().manual_seed(B)).to(dtype)
     poison_cuda_allocator()
     leaves = [to(a, "cuda", grad=True) for a in args]
     hy = rnn_ext.elman_cell(*leaves, nonlinearity=nonlinearity)
@@ -326,8 +443,14 @@ def test_cell(dtype, nonlinearity, B):
     hy64 = rnn_ext.elman_cell(*leaves64, nonlinearity=nonlinearity)
     (hy64 * g.double()).sum().backward()
     assert_close_rel(hy, hy64, dtype, "hy")
-    for a, b in zip(leaves, leaves64):
-        assert_close_rel(a.grad, b.grad, dtype, "grad")
+    ref_grads = [b.grad for b in leaves64]
+    if dtype in LOW_PRECISION:  # the backward alone, given our hy (see isolated_grads)
+        gx, ghx, gwih, gwhh, gb = torch.ops.rnn_ext.elman_cell_backward(
+            g.double(), *[a.double() for a in args[:4]], hy.detach().cpu().double(),
+            nonlinearity)
+        ref_grads = [gx, ghx, gwih, gwhh, gb, gb]
+    for a, b in zip(leaves, ref_grads):
+        assert_close_rel(a.grad, b, dtype, "grad")
     if dtype in (torch.float32, torch.float64):
         cell = nn.RNNCell(I, H, nonlinearity=nonlinearity).to("cuda", dtype)
         with torch.no_grad():
@@ -428,11 +551,12 @@ def test_autocast_like_nn_rnn(ac_dtype):
     assert out64.dtype == torch.float64
 
 
-def test_nan_poison_is_effective():
-    """poison_cuda_allocator really hands NaN-filled memory to the next torch.empty, so the
-    poisoning in the tests above can catch unwritten elements."""
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_poison_is_effective(dtype):
+    """poison_cuda_allocator really hands NaN-filled memory to the next torch.empty, in every
+    dtype, so the poisoning in the tests above can catch unwritten elements."""
     poison_cuda_allocator()
-    t = torch.empty(1000, device="cuda")
+    t = torch.empty(1000, device="cuda", dtype=dtype)
     assert torch.isnan(t).all()
 
 
