@@ -90,6 +90,9 @@ def seq_nll_loss(
 
     Returns:
         The loss: a scalar for ``"mean"`` / ``"sum"``, the target's shape for ``"none"``;
+        ``log_probs``'s dtype, except under ``torch.autocast`` (CPU or CUDA), where a float16 /
+        bfloat16 ``log_probs`` (and ``weight``) is first cast to float32, as ``F.nll_loss``'s
+        float32 autocast policy does: the loss is then float32 and the gradient comes back in
         ``log_probs``'s dtype.
 
     Raises:
@@ -138,7 +141,8 @@ def seq_cross_entropy(
         target, weight, ignore_index, reduction, target_batch_first: as :func:`seq_nll_loss`.
 
     Returns:
-        The loss, as :func:`seq_nll_loss`.
+        The loss, as :func:`seq_nll_loss` (float32 under ``torch.autocast`` for 16-bit
+        ``logits``, as ``F.cross_entropy``).
 
     Precision: the backward reads ``lse`` in the statistics dtype (float32 for float32 /
     float16 / bfloat16 logits), so a gradient's absolute error is up to about one float32
