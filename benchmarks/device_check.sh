@@ -108,8 +108,11 @@ RC[import]=$?
 echo "import: rc=${RC[import]}" >> "$W/stages.txt"
 
 # 3. Every CUDA test (the `cuda` marker), from /tmp so that the installed package is imported.
+#    pytest-timeout (on the device's image) ends a test stuck past 90 s, e.g. a grid barrier
+#    that never opens (the thread method: a signal cannot interrupt a blocked CUDA call); the
+#    -o options are only warnings without the plugin.
 stage test_cuda "$(budget 170 150)" "$PY" -m pytest "$REPO/tests" -m cuda -v -ra \
-  --durations=10 -p no:cacheprovider --rootdir "$REPO"
+  --durations=10 -p no:cacheprovider --rootdir "$REPO" -o timeout=90 -o timeout_method=thread
 
 # 4. The table: persistent kernel / cuBLAS loop / cuDNN at the four shapes.
 lim=$(budget 130 60)
