@@ -38,6 +38,9 @@ import time
 import torch
 import torch.nn as nn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine_info  # noqa: E402
+
 SHAPES = [(8, 512, 42, 256), (100, 64, 512, 512), (1000, 8, 256, 256), (1000, 64, 1024, 1024)]
 TARGETS = {(8, 512, 42, 256): 1.5, (100, 64, 512, 512): 1.0, (1000, 8, 256, 256): 2.0,
            (1000, 64, 1024, 1024): 1.0}
@@ -119,7 +122,7 @@ def bench_shape(shape, precision, reps, warmup):
     floor = per_step_floor(B, H, precision)
     cudnn_t = rows[0].get("median_s")
     for r in rows:
-        r.update(T=T, B=B, I=I, H=H, precision=precision, floor_per_step_s=floor,
+        r.update(T=T, B=B, I=I, H=H, precision=precision, tf32=tf32, floor_per_step_s=floor,
                  target_speedup=TARGETS.get(tuple(shape)))
         if "median_s" in r:
             r["per_step_s"] = r["median_s"] / (2 * T)
@@ -148,8 +151,11 @@ def main(argv=None):
     t0 = time.time()
     shapes = SHAPES[:2] if args.quick else SHAPES
     results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), rows=[],
-                   skipped=[])
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   machine=machine_info("cuda"),  # date, versions, commit, GPU, SMs, ...
+                   timing="CUDA events around each forward+backward, median of the repetitions "
+                          "after warm-up; TF32 as each row's 'tf32' says (cuDNN and cuBLAS alike)",
+                   rows=[], skipped=[])
     for precision in PRECISIONS:
         for shape in shapes:
             if time.time() - t0 > args.budget:

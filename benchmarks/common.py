@@ -117,7 +117,9 @@ def machine_info(device: str) -> Dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        # A copy of the tree without .git (the GPU machine's) names its commit in the
+        # environment: RNN_EXT_GIT_COMMIT (device_check.sh's caller sets it).
+        "git_commit": _git("rev-parse", "--short", "HEAD") or os.environ.get("RNN_EXT_GIT_COMMIT"),
         # Uncommitted changes to the code (results files and the README they feed excluded).
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".",
                                ":!benchmarks/results", ":!README.md")),

@@ -4,6 +4,9 @@
 #
 #     OUT=/some/dir bash benchmarks/device_check.sh
 #
+# (A copy of the tree without .git: also RNN_EXT_GIT_COMMIT=<the commit>, which the results
+# then name.)
+#
 # Stages, in order of what matters most, each under `timeout` and all within a deadline
 # (RNN_EXT_DEVICE_DEADLINE seconds from the start, default 460: the issue asks for < 8 minutes):
 #   1. env        nvidia-smi, nvcc, torch/CUDA/cuDNN versions, compute-sanitizer version
@@ -57,7 +60,7 @@ summary() {
   {
     echo "== device_check summary ($(elapsed)s, deadline ${DEADLINE}s) =="
     cat "$W/stages.txt"
-    echo "-- env:"; grep -E "^(torch|gpu|NVIDIA H|compute-sanitizer|Cuda compilation)" "$W/env.log" | head -n 6
+    echo "-- env:"; grep -E "^(commit|torch|gpu|compute-sanitizer|Cuda compilation)" "$W/env.log" | head -n 6
     echo "-- build:"; grep -E "rnn_ext build|cuda kernels:|error" "$W/build.log" | head -n 8
     echo "-- test_cuda:"; tail -n 2 "$W/test_cuda.log"
     grep -E "^(FAILED|ERROR)|TIMED OUT" "$W/test_cuda.log" | head -n 20
@@ -88,6 +91,7 @@ stage() {
 # 1. Environment.
 {
   echo "date: $(date -u)"
+  echo "commit: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "${RNN_EXT_GIT_COMMIT:-unknown}")"
   nvidia-smi 2>&1
   nvcc --version 2>&1 || "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version 2>&1
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version()); print('gpu', torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))" 2>&1
