@@ -5,6 +5,10 @@ float64 finite differences (gradcheck), torch.library.opcheck, and rnn_ext.refer
 """
 
 import itertools
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -594,3 +598,15 @@ def test_backward_output_mask_zeroes_only_the_unwanted_gradients():
         for a, b in zip(part[2:], full[2:]):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.library.opcheck(torch.ops.rnn_ext.elman_backward, (*bwd, mask))
+
+
+def test_missing_compiled_extension_is_a_clear_import_error(tmp_path):
+    """A source tree without its built rnn_ext._C (e.g. Python started in the checkout after a
+    non-editable install) fails with a message that says what to do, not a circular-import riddle."""
+    src = Path(rnn_ext.__file__).parent
+    shutil.copytree(src, tmp_path / "rnn_ext", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+    r = subprocess.run([sys.executable, "-c", "import rnn_ext"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "rnn_ext._C could not be loaded" in r.stderr
+    assert "pip install --no-build-isolation -e ." in r.stderr
