@@ -190,7 +190,7 @@ def print_table(results):
         print(f"{shape:<22}{r['precision']:<10}{r['impl']:<8}{r['median_s'] * 1e3:>9.3f}"
               f"{(sp if sp else math.nan):>9.2f}{(r['target_speedup'] or math.nan):>7.1f}"
               f"{r['per_step_s'] * 1e6:>9.2f}{r['floor_per_step_s'] * 1e6:>9.2f}"
-              f"{r['rel_diff_vs_cudnn'] if r['rel_diff_vs_cudnn'] is not None else math.nan:>10.1e}")
+              f"{math.nan if r['rel_diff_vs_cudnn'] is None else r['rel_diff_vs_cudnn']:>10.1e}")
     for s in results["skipped"]:
         print(f"skipped (time budget): {s}")
 

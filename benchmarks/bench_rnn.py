@@ -333,11 +333,10 @@ def run_case(shape: Shape, dtype: torch.dtype, tf32: Optional[bool], args, flash
             row["speedup_fwd_bwd"] = b["fwd_bwd"]["median_s"] / row["fwd_bwd"]["median_s"]
             row["memory_ratio"] = (row["peak_memory_bytes"] / b["peak_memory_bytes"]
                                    if b["peak_memory_bytes"] else None)
-        if name.startswith("rnn_ext") and "torch_native" in rows and "forward" in rows["torch_native"] \
-                and "forward" in row:
-            nat = rows["torch_native"]
-            row["speedup_forward_vs_native"] = nat["forward"]["median_s"] / row["forward"]["median_s"]
-            row["speedup_fwd_bwd_vs_native"] = nat["fwd_bwd"]["median_s"] / row["fwd_bwd"]["median_s"]
+        nat = rows.get("torch_native", {})
+        if name.startswith("rnn_ext") and "forward" in nat and "forward" in row:
+            for k in ("forward", "fwd_bwd"):
+                row[f"speedup_{k}_vs_native"] = nat[k]["median_s"] / row[k]["median_s"]
         if target is not None and name == "rnn_ext":
             row["target"] = {"speedup_fwd_bwd_min": target, "memory_ratio_max": 1.0}
             if "speedup_fwd_bwd" in row:

@@ -168,7 +168,8 @@ def run_model(name: str, text: str, args) -> List[Dict[str, Any]]:
 
 def main(argv: Optional[List[str]] = None) -> Path:
     p = common.base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated: CharRnn, CharSeqRnn")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help="comma-separated: CharRnn, CharSeqRnn")
     p.add_argument("--bs", type=int, default=512, help="batch size (the lesson's 512)")
     p.add_argument("--n-fac", type=int, default=42, help="embedding size (the lesson's 42)")
     p.add_argument("--n-hidden", type=int, default=256, help="hidden size (the lesson's 256)")

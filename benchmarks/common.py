@@ -176,7 +176,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="intra-op threads for every implementation (default: "
                         "torch.get_num_threads())")
     p.add_argument("--min-run-time", type=float, default=None,
-                   help="seconds of timing per implementation and round (default: 0.2, quick: 0.05)")
+                   help="seconds of timing per implementation and round "
+                        "(default: 0.2, quick: 0.05)")
     p.add_argument("--rounds", type=int, default=None,
                    help="alternating measurement rounds per case (default: 5, quick: 1)")
     p.add_argument("--out", type=Path, default=None,

@@ -50,10 +50,10 @@ def _bars(ax, labels: List[str], series: "OrderedDict[str, List[float]]", ylabel
         xs = [i + (k - (n - 1) / 2) * width for i in range(len(labels))]
         ok = [v if v is not None else (1.0 if ratio else 0.0) for v in vals]
         if ratio:
-            bars = ax.bar(xs, [v - 1 for v in ok], width, bottom=1, label=name,
-                          **(styles or {}).get(name, {}))
+            ax.bar(xs, [v - 1 for v in ok], width, bottom=1, label=name,
+                   **(styles or {}).get(name, {}))
         else:
-            bars = ax.bar(xs, ok, width, label=name, **(styles or {}).get(name, {}))
+            ax.bar(xs, ok, width, label=name, **(styles or {}).get(name, {}))
         for x, v in zip(xs, vals):
             if v is not None:
                 ax.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom" if v >= 1 or not ratio

@@ -149,7 +149,8 @@ def test_render_readme_and_plots(tmp_path, monkeypatch):
 
     res = _fake_results(tmp_path, monkeypatch)
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n\n## Performance\n\n<!-- perf:start -->\nold\n<!-- perf:end -->\ntail\n")
+    readme.write_text("# x\n\n## Performance\n\n<!-- perf:start -->\nold\n"
+                      "<!-- perf:end -->\ntail\n")
     assert render_readme.main(["--readme", str(readme), "--results", str(res)]) == 0
     text = readme.read_text()
     assert "old" not in text and text.endswith("<!-- perf:end -->\ntail\n")

@@ -352,7 +352,8 @@ def test_opcheck_cell_ops():
     x = x[0].detach().requires_grad_()
     for nl in ("tanh", "relu"):
         torch.library.opcheck(torch.ops.rnn_ext.elman_cell_forward, (x, h, wih, whh, bih, bhh, nl))
-        torch.library.opcheck(torch.ops.rnn_ext.elman_cell_forward, (x, h, wih, whh, None, None, nl))
+        torch.library.opcheck(torch.ops.rnn_ext.elman_cell_forward,
+                              (x, h, wih, whh, None, None, nl))
         hy = torch.ops.rnn_ext.elman_cell_forward(x, h, wih, whh, bih, bhh, nl)
         torch.library.opcheck(torch.ops.rnn_ext.elman_cell_backward,
                               (torch.randn_like(hy), x.detach(), h.detach(), wih.detach(),
@@ -456,10 +457,12 @@ BAD_SEQUENCE_CASES = [
     (dict(weight_hh=torch.randn(5, 4)), RuntimeError, ["weight_hh", "(H, H)", "[5, 4]"]),
     (dict(bias_ih=torch.randn(4)), RuntimeError, ["bias_ih", "(H,)", "[5]", "[4]"]),
     (dict(bias_hh=torch.randn(5, 1)), RuntimeError, ["bias_hh", "(H,)", "[5, 1]"]),
-    (dict(h_0=torch.randn(3, 5, dtype=torch.float64)), RuntimeError, ["h_0", "dtype", "Float", "Double"]),
+    (dict(h_0=torch.randn(3, 5, dtype=torch.float64)), RuntimeError,
+     ["h_0", "dtype", "Float", "Double"]),
     (dict(weight_hh=torch.randn(5, 5, dtype=torch.float64)), RuntimeError, ["weight_hh", "dtype"]),
     (dict(bias_hh=torch.randn(5, dtype=torch.float16)), RuntimeError, ["bias_hh", "dtype"]),
-    (dict(input=torch.ones(4, 3, 2, dtype=torch.int64)), RuntimeError, ["input", "floating", "Long"]),
+    (dict(input=torch.ones(4, 3, 2, dtype=torch.int64)), RuntimeError,
+     ["input", "floating", "Long"]),
 ]
 
 
@@ -556,7 +559,8 @@ def test_no_cuda_build_reports_itself():
 def test_all_combinations_hit_the_same_kernel_as_reference():
     """A sweep through the plain-PyTorch reference (the double-backward path) for every flag."""
     torch.manual_seed(1)
-    for nonlinearity, reverse, bias in itertools.product(["tanh", "relu"], [False, True], [True, False]):
+    for nonlinearity, reverse, bias in itertools.product(["tanh", "relu"], [False, True],
+                                                         [True, False]):
         args = _small_case(bias=bias, T=5, B=4)
         lt = torch.tensor([5, 3, 1, 4])
         got = elman_rnn(*args, nonlinearity, reverse, lt)
@@ -602,7 +606,8 @@ def test_backward_output_mask_zeroes_only_the_unwanted_gradients():
 
 def test_missing_compiled_extension_is_a_clear_import_error(tmp_path):
     """A source tree without its built rnn_ext._C (e.g. Python started in the checkout after a
-    non-editable install) fails with a message that says what to do, not a circular-import riddle."""
+    non-editable install) fails with a message that says what to do, not a circular-import
+    riddle."""
     src = Path(rnn_ext.__file__).parent
     shutil.copytree(src, tmp_path / "rnn_ext", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
     r = subprocess.run([sys.executable, "-c", "import rnn_ext"], cwd=tmp_path,

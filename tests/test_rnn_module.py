@@ -681,7 +681,8 @@ def test_double_backward_gradgradcheck():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(
-    not (torch.cuda.is_available() and rnn_ext.has_cuda_kernels()), reason="needs a CUDA device and a build with the CUDA kernels"
+    not (torch.cuda.is_available() and rnn_ext.has_cuda_kernels()),
+    reason="needs a CUDA device and a build with the CUDA kernels"
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_nn_rnn(dtype):

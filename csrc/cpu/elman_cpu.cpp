@@ -214,7 +214,8 @@ std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
   const bool has_bih = bias_ih.has_value() && bias_ih->defined();
   const bool has_bhh = bias_hh.has_value() && bias_hh->defined();
   if (has_bih || has_bhh) {
-    const at::Tensor bias = has_bih && has_bhh ? *bias_ih + *bias_hh : (has_bih ? *bias_ih : *bias_hh);
+    const at::Tensor bias =
+        has_bih && has_bhh ? *bias_ih + *bias_hh : (has_bih ? *bias_ih : *bias_hh);
     at::addmm_out(out2d, bias, x2d, weight_ih.t());
   } else {
     at::mm_out(out2d, x2d, weight_ih.t());

@@ -190,8 +190,9 @@ __global__ void backward_step_kernel(scalar_t* __restrict__ ga_t,
   }
 }
 
-// Properties of the current device, read once per device. (Not at::cuda::getCurrentDeviceProperties:
-// its header pulls in cuBLAS and cuSPARSE headers, which a minimal toolkit lacks.)
+// Properties of the current device, read once per device. (Not
+// at::cuda::getCurrentDeviceProperties: its header pulls in cuBLAS and cuSPARSE headers, which a
+// minimal toolkit lacks.)
 const cudaDeviceProp* current_device_properties() {
   static std::mutex mu;
   static std::map<int, cudaDeviceProp> props;
