@@ -30,9 +30,10 @@ import torch
 
 import rnn_ext
 
-# ||got - ref|| / ||ref|| bounds against float64, per dtype (a smoke test: the tests in
-# tests/test_cuda.py hold the tight bounds).
-TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-1, torch.float64: 1e-10}
+# Bounds on each result's error against float64, measured two ways (both must hold):
+# ||got - ref|| / ||ref|| and max|got - ref| / max|ref| (the second sees one wrong element).
+# A smoke test: tests/test_cuda.py holds the tight bounds.
+TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float64: 1e-10}
 
 # (T, B, I, H): H = 37 is not a multiple of 32; (3, 8, 16, 300) needs several blocks in the
 # persistent kernel's grid (its barrier is then a real grid-wide one).
@@ -40,13 +41,18 @@ ELMAN_SHAPES = [(4, 3, 6, 37), (3, 8, 16, 300)]
 
 
 def rel(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """The larger of the norm-wise and the max-wise relative error of `got` against `ref`."""
     got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
     if got.shape != ref.shape:
         raise AssertionError(f"shape {tuple(got.shape)} != reference {tuple(ref.shape)}")
     if not torch.isfinite(got).all():
-        raise AssertionError("non-finite value in the result")
-    d = ref.norm().item()
-    return (got - ref).norm().item() / (d if d > 0 else 1.0)
+        raise AssertionError("non-finite value in the result (an unwritten element?)")
+    if ref.numel() == 0:
+        return 0.0
+    diff = got - ref
+    norm = diff.norm().item() / max(ref.norm().item(), 1e-30)
+    worst = diff.abs().max().item() / max(ref.abs().max().item(), 1e-30)
+    return max(norm, worst)
 
 
 def run_and_grads(fn, inputs, grads_out, diff):
@@ -60,8 +66,15 @@ def run_and_grads(fn, inputs, grads_out, diff):
     return [o.detach() for o in outs], list(grads)
 
 
-def compare(name, fn, inputs, grads_out, diff, dtype, device):
-    """Run fn on `device` in `dtype` and on the CPU in float64 (same rounded values)."""
+def compare(name, fn, inputs, grads_out, diff, dtype, device, backward_ref=None):
+    """Run fn on `device` in `dtype` and on the CPU in float64 (same rounded values).
+
+    The gradients' reference is the float64 run's, or, with `backward_ref`, the float64
+    backward given the device's outputs: backward_ref(inputs64, outs64, grads_out64) ->
+    gradients. (In 16 bits the end-to-end reference is ill-conditioned for a recurrence: a relu
+    flipped by the forward's rounding, or 1 - h^2 near h = +-1, moves a correct gradient by
+    10-20%; given the same outputs, the backward's own error shows.)
+    """
     dev_in = [x.to(device, dtype) if x is not None and x.is_floating_point()
               else (x.to(device) if x is not None else None) for x in inputs]
     dev_g = [g.to(device, dtype) for g in grads_out]
@@ -70,13 +83,34 @@ def compare(name, fn, inputs, grads_out, diff, dtype, device):
         torch.cuda.synchronize()
     ref_in = [x.detach().cpu().double() if x is not None and x.is_floating_point()
               else (x.cpu() if x is not None else None) for x in dev_in]
-    ref_outs, ref_grads = run_and_grads(fn, ref_in, [g.cpu().double() for g in dev_g], diff)
+    ref_g = [g.cpu().double() for g in dev_g]
+    ref_outs, ref_grads = run_and_grads(fn, ref_in, ref_g, diff)
+    if backward_ref is not None:
+        ref_grads = backward_ref(ref_in, [o.cpu().double() for o in outs], ref_g)
     errs = [rel(a, b) for a, b in zip(outs + grads, ref_outs + ref_grads)]
     worst = max(errs)
     ok = worst <= TOL[dtype]
     print(f"{'ok  ' if ok else 'FAIL'} {name:<58} {str(dtype).replace('torch.', ''):<9} "
           f"max rel err {worst:.2e}", flush=True)
     return ok
+
+
+def elman_backward_ref(act, reverse, lengths):
+    """The float64 backward of elman_rnn given its (device) output, as compare() wants."""
+    def ref(inp, outs, g):
+        x, h0, wih, whh, bih, _ = inp
+        gx, gh0, gwih, gwhh, gb = torch.ops.rnn_ext.elman_backward(
+            g[0], g[1], x, h0, wih, whh, outs[0], act, reverse, lengths)
+        return [gx, gh0, gwih, gwhh, gb, gb]
+    return ref
+
+
+def cell_backward_ref(act):
+    def ref(inp, outs, g):
+        gx, ghx, gwih, gwhh, gb = torch.ops.rnn_ext.elman_cell_backward(
+            g[0], inp[0], inp[1], inp[2], inp[3], outs[0], act)
+        return [gx, ghx, gwih, gwhh, gb, gb]
+    return ref
 
 
 def elman_cases(dtype, device, gen):
@@ -99,7 +133,8 @@ def elman_cases(dtype, device, gen):
                     os.environ["RNN_EXT_CUDA_PERSISTENT"] = mode
                     return rnn_ext.elman_rnn(x_, h0_, wi, wh, bi, bh, act, reverse, lens)
 
-                yield name, fn, [x, h0, w_ih, w_hh, b_ih, b_hh], [gy, ghn], range(6)
+                yield (name, fn, [x, h0, w_ih, w_hh, b_ih, b_hh], [gy, ghn], range(6),
+                       elman_backward_ref(act, reverse, lens))
     os.environ["RNN_EXT_CUDA_PERSISTENT"] = "auto"
     B, I, H = 5, 7, 45
     cell_in = [torch.randn(B, I, generator=gen), torch.randn(B, H, generator=gen),
@@ -109,7 +144,7 @@ def elman_cases(dtype, device, gen):
     for act in ("tanh", "relu"):
         yield (f"elman_cell B,I,H={B},{I},{H} {act}",
                lambda *a, act=act: rnn_ext.elman_cell(*a, nonlinearity=act),
-               cell_in, [torch.randn(B, H, generator=gen)], range(6))
+               cell_in, [torch.randn(B, H, generator=gen)], range(6), cell_backward_ref(act))
 
 
 def loss_cases(gen):
@@ -119,14 +154,15 @@ def loss_cases(gen):
     target[1, 2] = target[3, 0] = -100  # ignored
     weight = torch.rand(C, generator=gen) + 0.5
     for reduction in ("mean", "none"):
-        g = [torch.randn(()) if reduction == "mean" else torch.randn(B, T, generator=gen)]
+        g = [torch.randn((), generator=gen) if reduction == "mean"
+             else torch.randn(B, T, generator=gen)]
         yield (f"seq_nll_loss {reduction} T,B,C={T},{B},{C} weight+ignore",
                lambda s, t, w, r=reduction: rnn_ext.seq_nll_loss(
                    torch.log_softmax(s, -1), t, w, reduction=r),
-               [scores, target, weight], g, [0])
+               [scores, target, weight], g, [0], None)
         yield (f"seq_cross_entropy {reduction} T,B,C={T},{B},{C} weight+ignore",
                lambda s, t, w, r=reduction: rnn_ext.seq_cross_entropy(s, t, w, reduction=r),
-               [scores, target, weight], g, [0])
+               [scores, target, weight], g, [0], None)
 
 
 def main(argv=None) -> int:
@@ -145,10 +181,11 @@ def main(argv=None) -> int:
         gen = torch.Generator().manual_seed(0)
         cases = list(elman_cases(dtype, device, gen))
         cases += list(loss_cases(gen))
-        for name, fn, inputs, grads_out, diff in cases:
+        for name, fn, inputs, grads_out, diff, backward_ref in cases:
             n += 1
             try:
-                if not compare(name, fn, inputs, grads_out, list(diff), dtype, device):
+                if not compare(name, fn, inputs, grads_out, list(diff), dtype, device,
+                               backward_ref):
                     failed += 1
             except Exception as e:  # report and go on: the other kernels still get checked
                 failed += 1

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=_positive_int, default=None,
                    help="sample among the k most likely characters only")
     g.add_argument("--greedy", action="store_true",
-                   help="always take the most likely character (the notebook's get_next_n)")
+                   help="always take the most likely character (with --window: the "
+                   "notebook's get_next_n)")
     g.add_argument("--window", action="store_true",
                    help="re-read the last 8 (Char3Model: 3) characters from a zero state for "
                    "every character, as the notebook, instead of carrying the hidden state")

@@ -186,7 +186,8 @@ def test_cuda_sanitize_cases_on_cpu(capsys, monkeypatch):
     assert "cuda_sanitize: 22 cases, 0 failed" in out
     assert out.count("\nok   ") + out.startswith("ok   ") == 22
 
-    # A wrong kernel is caught: a reference that differs from the kernel under test.
+    # A wrong kernel is caught, even when only one element of its output is off (by a tenth of
+    # the output's largest magnitude).
     real = cuda_sanitize.run_and_grads
     calls = []
 
@@ -194,7 +195,9 @@ def test_cuda_sanitize_cases_on_cpu(capsys, monkeypatch):
         outs, grads = real(fn, inputs, grads_out, diff)
         calls.append(1)
         if len(calls) % 2 == 1:  # the device run (the first of each pair)
-            outs = [o * 1.01 for o in outs]
+            bad = outs[0].clone()
+            bad.view(-1)[bad.numel() // 2] += 0.1 * bad.abs().max()
+            outs = [bad] + outs[1:]
         return outs, grads
 
     monkeypatch.setattr(cuda_sanitize, "run_and_grads", skewed)

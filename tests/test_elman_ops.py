@@ -610,8 +610,13 @@ def test_missing_compiled_extension_is_a_clear_import_error(tmp_path):
     riddle."""
     src = Path(rnn_ext.__file__).parent
     shutil.copytree(src, tmp_path / "rnn_ext", ignore=shutil.ignore_patterns("_C*", "__pycache__"))
-    r = subprocess.run([sys.executable, "-c", "import rnn_ext"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
+    # An editable install (the README's) adds a meta-path finder that would still find the
+    # source tree's _C for the copy: drop it, as if that tree had never been built.
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+            "if 'editable' not in repr(f).lower() and 'editable' not in "
+            "getattr(f, '__module__', '').lower()]; import rnn_ext")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode != 0
     assert "rnn_ext._C could not be loaded" in r.stderr
     assert "pip install --no-build-isolation -e ." in r.stderr

@@ -143,15 +143,24 @@ def _run(args, timeout=240):
     return subprocess.CompletedProcess(args, p.returncode, out, err)
 
 
-def test_auto_device_with_more_torchrun_ranks_than_gpus(monkeypatch):
+def test_auto_device_under_torchrun_with_more_ranks_than_gpus(monkeypatch):
     from rnn_ext.lesson.recipes import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # not under torchrun: LOCAL_RANK is not ours
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert resolve_device("auto") == torch.device("cuda", 0)
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    with pytest.raises(ValueError, match=r"local rank 1, but only 1 CUDA device.*--device cpu"):
+    for rank in ("1", "-1"):
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        with pytest.raises(ValueError, match=rf"local rank {rank}, but only 1 CUDA device.*"
+                                             r"--device cpu"):
+            resolve_device("auto")
+    monkeypatch.setenv("LOCAL_RANK", "x")
+    with pytest.raises(ValueError, match=r"LOCAL_RANK='x' is not an integer"):
         resolve_device("auto")
 
 

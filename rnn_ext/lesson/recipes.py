@@ -97,11 +97,12 @@ def loss_for(model: nn.Module) -> Callable:
 
 def resolve_device(device: Optional[str]) -> torch.device:
     """``"auto"``/``None``: CUDA when available (this process's ``LOCAL_RANK`` GPU under
-    torchrun), else CPU. Otherwise ``torch.device(device)``.
+    torchrun, else GPU 0), else CPU. Otherwise ``torch.device(device)``.
 
     Raises:
-        ValueError: a CUDA device asked for without CUDA, an unknown device string, or (auto)
-            a torchrun ``LOCAL_RANK`` with no GPU of that index.
+        ValueError: a CUDA device asked for without CUDA, an unknown device string, or (auto,
+            under torchrun) a ``LOCAL_RANK`` with no GPU of that index, or a ``WORLD_SIZE`` /
+            ``LOCAL_RANK`` that is not an integer.
     """
     if device in (None, "auto"):
         if torch.cuda.is_available():
@@ -116,15 +117,28 @@ def resolve_device(device: Optional[str]) -> torch.device:
     return dev
 
 
+def _env_int(name: str, default: int) -> int:
+    """An integer environment variable (torchrun's WORLD_SIZE, LOCAL_RANK); ValueError naming
+    it when it is set to something else."""
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw.strip() else default
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
 def _local_rank_gpu(what: str) -> torch.device:
-    """``cuda:LOCAL_RANK`` (0 without torchrun); ValueError naming ``what`` when this machine
-    has no GPU of that index (torchrun started more processes per node than there are GPUs)."""
-    rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
-    if rank >= count:
+    """Under torchrun (``WORLD_SIZE > 1``) ``cuda:LOCAL_RANK``, else ``cuda:0``. ValueError naming
+    ``what`` when LOCAL_RANK is not a GPU index of this machine (torchrun started more
+    processes per node than there are GPUs, or a negative rank)."""
+    if _env_int("WORLD_SIZE", 1) <= 1:
+        return torch.device("cuda", 0)
+    rank, count = _env_int("LOCAL_RANK", 0), torch.cuda.device_count()
+    if not 0 <= rank < count:
         raise ValueError(
             f"{what}: this process is torchrun's local rank {rank}, but only {count} CUDA "
-            f"device(s) are visible; start at most {count} process(es) per node "
-            f"(--nproc_per_node) or pass --device cpu")
+            f"device(s) are visible (indices 0..{count - 1}); start at most {count} process(es) "
+            f"per node (--nproc_per_node) or pass --device cpu")
     return torch.device("cuda", rank)
 
 
@@ -136,7 +150,7 @@ def setup_distributed(device: torch.device) -> Tuple[int, int, torch.device]:
     Raises:
         ValueError: on CUDA, a ``LOCAL_RANK`` with no GPU of that index.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         return 0, 1, device
     if device.type == "cuda":
