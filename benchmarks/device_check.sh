@@ -118,10 +118,10 @@ echo "import: rc=${RC[import]}" >> "$W/stages.txt"
 
 # 3. Every CUDA test (the `cuda` marker), from /tmp so that the installed package is imported.
 #    pytest-timeout (on the device's image) stops the test run when one test is stuck past
-#    120 s (a cold torch.compile takes tens of seconds), e.g. a grid barrier that never opens: the thread method dumps the stacks (the log
-#    names the test) and ends pytest, since a signal cannot interrupt a blocked CUDA call; the
-#    tests after it do not run, but the later stages keep their time. Without the plugin the
-#    -o options are only warnings.
+#    120 s (a cold torch.compile takes tens of seconds), e.g. a grid barrier that never opens:
+#    the thread method dumps the stacks (the log names the test) and ends pytest, since a signal
+#    cannot interrupt a blocked CUDA call; the tests after it do not run, but the later stages
+#    keep their time. Without the plugin the -o options are only warnings.
 stage test_cuda "$(budget 170 150)" "$PY" -m pytest "$REPO/tests" -m cuda -v -ra \
   --durations=10 -p no:cacheprovider --rootdir "$REPO" -o timeout=120 -o timeout_method=thread
 
