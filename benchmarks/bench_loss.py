@@ -40,7 +40,6 @@ SCRIPT = "bench_loss"
 # 256 x 64 x 10000 (655 MB of logits in float32).
 SHAPES = [("lesson", 8, 512, 85), ("char_long", 100, 64, 85), ("word_vocab", 35, 32, 10000),
           ("word_large", 256, 64, 10000)]
-GPU_SHAPES = SHAPES
 QUICK_SHAPES = [("quick", 5, 4, 7)]
 
 
@@ -142,8 +141,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
         except (ValueError, AssertionError):
             sys.exit("--shape: expected T,B,C with integers")
     else:
-        shapes = QUICK_SHAPES if args.quick else (GPU_SHAPES if args.device == "cuda"
-                                                  else SHAPES)
+        shapes = QUICK_SHAPES if args.quick else SHAPES
     machine = common.machine_info(args.device)
     runs = [(s, d) for d in args.dtypes for s in shapes]
     results: List[Dict[str, Any]] = []

@@ -35,7 +35,6 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnn_ext.*)
 
 __all__ = ["seq_nll_loss", "seq_cross_entropy", "SeqNLLLoss", "SeqCrossEntropyLoss"]
 

@@ -19,7 +19,6 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _C  # noqa: F401  (loads the library: registers torch.ops.rnn_ext.*)
 
 __all__ = ["elman_rnn", "elman_cell", "has_cuda_kernels", "set_cuda_persistent",
            "get_cuda_persistent"]
