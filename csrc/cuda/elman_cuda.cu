@@ -62,7 +62,6 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
-#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -74,121 +73,15 @@
 #include <tuple>
 
 #include "elman.h"
+#include "elman_kernels.cuh"  // the device code: pointwise and persistent kernels
+#include "persistent_plan.h"
 
 namespace rnn_ext {
 namespace {
 
-namespace cg = cooperative_groups;
+using namespace cuda_detail;  // NOLINT: the kernels and the plans, shared with tests/cuda_emu
 
 constexpr int kPointwiseThreads = 256;
-constexpr int kPersistentThreads = 256;  // 8 warps per block in the persistent kernels
-
-// ---------------------------------------------------------------------------------------------
-// Device helpers.
-
-// Load that bypasses L1 (ld.global.cg): data written by other blocks of the same launch.
-template <typename T>
-__device__ __forceinline__ T load_cg(const T* p);
-template <>
-__device__ __forceinline__ float load_cg<float>(const float* p) {
-  return __ldcg(p);
-}
-template <>
-__device__ __forceinline__ double load_cg<double>(const double* p) {
-  return __ldcg(p);
-}
-template <>
-__device__ __forceinline__ c10::Half load_cg<c10::Half>(const c10::Half* p) {
-  return c10::Half(__ldcg(reinterpret_cast<const unsigned short*>(p)), c10::Half::from_bits());
-}
-template <>
-__device__ __forceinline__ c10::BFloat16 load_cg<c10::BFloat16>(const c10::BFloat16* p) {
-  return c10::BFloat16(__ldcg(reinterpret_cast<const unsigned short*>(p)),
-                       c10::BFloat16::from_bits());
-}
-
-// First time step that the backward visits for sequence b: the forward's last valid step.
-__device__ __forceinline__ int64_t first_backward_step(const int64_t* len, int64_t b, int64_t T,
-                                                       bool reverse) {
-  if (reverse) {
-    return 0;
-  }
-  return len != nullptr ? len[b] - 1 : T - 1;
-}
-
-// ga_t[b, j] for one element: (gy + g) * phi'(h), where g is what flows back through the
-// state: the GEMM's g_carry (absent at the first backward step) plus grad_h_n at the step where
-// the sequence's h_n was produced. Steps past the sequence's end (t >= lengths[b]) get 0.
-// The same with gy_t[b, j] and h_t[b, j] already loaded.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t backward_pointwise_values(acc_t g_carry, acc_t gy, acc_t h,
-                                                           const scalar_t* grad_h_n,
-                                                           const int64_t* len, int64_t t,
-                                                           int64_t T, bool reverse, int64_t b,
-                                                           int64_t bh, Activation act) {
-  if (len != nullptr && t >= len[b]) {
-    return acc_t(0);
-  }
-  acc_t g = g_carry;
-  if (grad_h_n != nullptr && t == first_backward_step(len, b, T, reverse)) {
-    g += static_cast<acc_t>(grad_h_n[bh]);
-  }
-  return preactivation_grad<acc_t>(gy, g, h, act);
-}
-
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t backward_pointwise(acc_t g_carry, const scalar_t* gy_t,
-                                                    const scalar_t* grad_h_n,
-                                                    const scalar_t* h_t, const int64_t* len,
-                                                    int64_t t, int64_t T, bool reverse, int64_t b,
-                                                    int64_t bh, Activation act) {
-  return backward_pointwise_values<scalar_t, acc_t>(
-      g_carry, static_cast<acc_t>(gy_t[bh]), static_cast<acc_t>(h_t[bh]), grad_h_n, len, t, T,
-      reverse, b, bh, act);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Path 1: fused pointwise kernels of the cuBLAS step loop.
-
-// out_t holds a_t (x_proj + b + h W_hh^T). Writes out_t = phi(a_t); with lengths, rows whose
-// sequence has ended get 0 and the running rows also write their state h.
-template <typename scalar_t>
-__global__ void forward_step_kernel(scalar_t* __restrict__ out_t, scalar_t* __restrict__ h,
-                                    const int64_t* __restrict__ len, int64_t t, int64_t B,
-                                    int64_t H, Activation act) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n = B * H;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const scalar_t y = static_cast<scalar_t>(activate<acc_t>(static_cast<acc_t>(out_t[i]), act));
-    if (len == nullptr) {
-      out_t[i] = y;
-    } else if (t < len[i / H]) {
-      out_t[i] = y;
-      h[i] = y;
-    } else {
-      out_t[i] = scalar_t(0);
-    }
-  }
-}
-
-template <typename scalar_t>
-__global__ void backward_step_kernel(scalar_t* __restrict__ ga_t,
-                                     const scalar_t* __restrict__ gy_t,
-                                     const scalar_t* __restrict__ g_carry,
-                                     const scalar_t* __restrict__ grad_h_n,
-                                     const scalar_t* __restrict__ h_t,
-                                     const int64_t* __restrict__ len, int64_t t, int64_t T,
-                                     bool reverse, int64_t B, int64_t H, Activation act) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n = B * H;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const acc_t gc = g_carry != nullptr ? static_cast<acc_t>(g_carry[i]) : acc_t(0);
-    ga_t[i] = static_cast<scalar_t>(backward_pointwise<scalar_t, acc_t>(
-        gc, gy_t, grad_h_n, h_t, len, t, T, reverse, i / H, i, act));
-  }
-}
 
 // Properties of the current device, read once per device. (Not
 // at::cuda::getCurrentDeviceProperties: its header pulls in cuBLAS and cuSPARSE headers, which a
@@ -215,330 +108,6 @@ unsigned pointwise_blocks(int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Path 2: the persistent kernels.
-
-// A launch plan: thread (warp w, lane l) has ks = l % KS and output group
-// og = w * (32 / KS) + l / KS, gj = og % GJ, gb = og / GJ; it owns the outputs
-// b = b0 + gb + r * GB (r < RB), j = j0 + gj + c * GJ (c < RJ) and sums k = ks, ks + KS, ...
-struct Plan {
-  int rb = 0, rj = 0;  // per-thread register tile (template parameters of the kernel)
-  int ks = 1;          // lanes that split one dot product
-  int gb = 1, gj = 1;  // output groups per block along b and j (gb * gj * ks = 256)
-  int bt = 0, jt = 0;  // block tile: bt = gb * rb, jt = gj * rj
-  int ldk = 0;         // leading dimension of the state tile in shared memory (row-major BT x H)
-  int ldj = 0;         // leading dimension of the weight slice (k-major H x JT)
-  int nbt = 0, njt = 0;
-  size_t smem = 0;
-  double cost = 0;
-  bool ok = false;
-  std::string why;  // when !ok
-};
-
-struct PersistentArgs {
-  // Shared.
-  int64_t T, B, H;
-  const void* w;  // weight_hh, contiguous (H, H)
-  const int64_t* len;
-  bool reverse;
-  Activation act;
-  // Forward: out (T, B, H) holds x_proj on entry; hbuf (2, B, H), hbuf[0] = h_0.
-  void* out;
-  void* hbuf;
-  // Backward: ga (T, B, H) output; gy, y (T, B, H); grad_h_n (B, H) or null.
-  void* ga;
-  const void* gy;
-  const void* y;
-  const void* grad_h_n;
-  // Plan.
-  int ks, gb, gj, ldk, ldj, njt;
-};
-
-// Loads this block's slice of the weight matrix into shared memory, k-major:
-// ws[k * ldj + o] = M[j0 + o][k] with M = W_hh (forward: the output j dots W_hh[j, :]) or
-// M = W_hh^T (backward: the output k dots W_hh[:, k]). Columns past H are zero.
-template <typename scalar_t, typename acc_t>
-__device__ void load_weight_slice(acc_t* ws, const scalar_t* w, int64_t H, int64_t j0, int jt,
-                                  int ldj, bool transpose) {
-  const int64_t n = static_cast<int64_t>(jt) * H;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    int64_t o, k;
-    if (!transpose) {
-      o = i / H;  // consecutive threads read consecutive k of row j0 + o: coalesced
-      k = i % H;
-    } else {
-      k = i / jt;  // consecutive threads read consecutive columns j0 + o of row k: coalesced
-      o = i % jt;
-    }
-    const int64_t j = j0 + o;
-    acc_t v = acc_t(0);
-    if (j < H) {
-      v = static_cast<acc_t>(transpose ? w[k * H + j] : w[j * H + k]);
-    }
-    ws[k * ldj + o] = v;
-  }
-}
-
-// Loads rows b0 .. b0+bt-1 of a (B, H) matrix written by other blocks into the row-major
-// shared tile hs[r * ldk + k]; rows past B are zero.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void load_state_tile(acc_t* hs, const scalar_t* src, int64_t B,
-                                                int64_t H, int64_t b0, int bt, int ldk) {
-  // Row by row (no division per element); the loads of a row are independent, in flight together.
-  const int h = static_cast<int>(H);
-  for (int r = 0; r < bt; ++r) {
-    const int64_t b = b0 + r;
-    acc_t* dst = hs + r * ldk;
-    if (b < B) {
-      const scalar_t* row = src + b * H;
-      for (int k = threadIdx.x; k < h; k += blockDim.x) {
-        dst[k] = static_cast<acc_t>(load_cg(row + k));
-      }
-    } else {
-      for (int k = threadIdx.x; k < h; k += blockDim.x) {
-        dst[k] = acc_t(0);
-      }
-    }
-  }
-}
-
-// acc[r][c] = sum over k = ks, ks + KS, ... of hs[row r] * ws[col c], then summed over the
-// KS lanes of the group (every one of them ends with the total).
-template <typename acc_t, int RB, int RJ>
-__device__ __forceinline__ void tile_dot(acc_t (&acc)[RB][RJ], const acc_t* hs, const acc_t* ws,
-                                         int64_t H, int ks, int KS, int gb, int GB, int gj,
-                                         int GJ, int ldk, int ldj) {
-#pragma unroll
-  for (int r = 0; r < RB; ++r) {
-#pragma unroll
-    for (int c = 0; c < RJ; ++c) {
-      acc[r][c] = acc_t(0);
-    }
-  }
-  const acc_t* hrow = hs + gb * ldk;
-  const acc_t* wcol = ws + gj;
-  const int h = static_cast<int>(H);
-#pragma unroll 4
-  for (int k = ks; k < h; k += KS) {
-    acc_t hv[RB];
-    acc_t wv[RJ];
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-      hv[r] = hrow[r * GB * ldk + k];
-    }
-#pragma unroll
-    for (int c = 0; c < RJ; ++c) {
-      wv[c] = wcol[k * ldj + c * GJ];
-    }
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int c = 0; c < RJ; ++c) {
-        acc[r][c] += hv[r] * wv[c];
-      }
-    }
-  }
-  // The KS lanes of a group are consecutive and KS-aligned: xor over the low bits stays inside.
-  for (int off = KS / 2; off > 0; off >>= 1) {
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int c = 0; c < RJ; ++c) {
-        acc[r][c] += __shfl_xor_sync(0xffffffffu, acc[r][c], off);
-      }
-    }
-  }
-}
-
-struct ThreadRole {
-  int ks, gb, gj;
-  int64_t b0, j0;
-};
-
-__device__ __forceinline__ ThreadRole thread_role(const PersistentArgs& a, int RB, int RJ) {
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  const int og = warp * (32 / a.ks) + lane / a.ks;
-  ThreadRole role;
-  role.ks = lane % a.ks;
-  role.gj = og % a.gj;
-  role.gb = og / a.gj;
-  const int bt_idx = blockIdx.x / a.njt;
-  const int jt_idx = blockIdx.x % a.njt;
-  role.b0 = static_cast<int64_t>(bt_idx) * a.gb * RB;
-  role.j0 = static_cast<int64_t>(jt_idx) * a.gj * RJ;
-  return role;
-}
-
-template <typename scalar_t, int RB, int RJ>
-__global__ void __launch_bounds__(kPersistentThreads)
-    persistent_forward_kernel(PersistentArgs a) {
-  using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* ws = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* hs = ws + a.H * a.ldj;
-  cg::grid_group grid = cg::this_grid();
-
-  const int64_t T = a.T, B = a.B, H = a.H;
-  const ThreadRole role = thread_role(a, RB, RJ);
-  const int bt = a.gb * RB;
-  const int jt = a.gj * RJ;
-  load_weight_slice<scalar_t, acc_t>(ws, static_cast<const scalar_t*>(a.w), H, role.j0, jt,
-                                     a.ldj, /*transpose=*/false);
-  scalar_t* out = static_cast<scalar_t*>(a.out);
-  scalar_t* hbuf = static_cast<scalar_t*>(a.hbuf);
-
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = a.reverse ? T - 1 - s : s;
-    const scalar_t* hcur = hbuf + (s & 1) * B * H;
-    scalar_t* hnext = hbuf + ((s + 1) & 1) * B * H;
-    scalar_t* out_t = out + t * B * H;
-    // This thread's inputs from the projection, loaded now so that they arrive during the
-    // state tile's load and the dot products (they do not depend on the recurrence).
-    acc_t xp[RB][RJ];
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int c = 0; c < RJ; ++c) {
-        const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
-        const int64_t j = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
-        xp[r][c] = ((r * RJ + c) % a.ks == role.ks && b < B && j < H)
-                       ? static_cast<acc_t>(out_t[b * H + j])
-                       : acc_t(0);
-      }
-    }
-    load_state_tile<scalar_t, acc_t>(hs, hcur, B, H, role.b0, bt, a.ldk);
-    __syncthreads();  // also orders the weight slice's load before its first use
-    acc_t acc[RB][RJ];
-    tile_dot<acc_t, RB, RJ>(acc, hs, ws, H, role.ks, a.ks, role.gb, a.gb, role.gj, a.gj, a.ldk,
-                            a.ldj);
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int c = 0; c < RJ; ++c) {
-        if ((r * RJ + c) % a.ks != role.ks) {
-          continue;  // the KS lanes of a group share the epilogue
-        }
-        const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
-        const int64_t j = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
-        if (b >= B || j >= H) {
-          continue;
-        }
-        const int64_t i = b * H + j;
-        const acc_t y = activate<acc_t>(acc[r][c] + xp[r][c], a.act);
-        if (a.len == nullptr || t < a.len[b]) {
-          const scalar_t ys = static_cast<scalar_t>(y);
-          out_t[i] = ys;
-          hnext[i] = ys;
-        } else {
-          out_t[i] = scalar_t(0);
-          hnext[i] = load_cg(hcur + i);
-        }
-      }
-    }
-    grid.sync();  // h_t complete everywhere; also a block barrier before hs is overwritten
-  }
-}
-
-template <typename scalar_t, int RB, int RJ>
-__global__ void __launch_bounds__(kPersistentThreads)
-    persistent_backward_kernel(PersistentArgs a) {
-  using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* ws = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t* hs = ws + a.H * a.ldj;
-  cg::grid_group grid = cg::this_grid();
-
-  const int64_t T = a.T, B = a.B, H = a.H;
-  const ThreadRole role = thread_role(a, RB, RJ);
-  const int bt = a.gb * RB;
-  const int jt = a.gj * RJ;
-  load_weight_slice<scalar_t, acc_t>(ws, static_cast<const scalar_t*>(a.w), H, role.j0, jt,
-                                     a.ldj, /*transpose=*/true);
-  scalar_t* ga = static_cast<scalar_t*>(a.ga);
-  const scalar_t* gy = static_cast<const scalar_t*>(a.gy);
-  const scalar_t* y = static_cast<const scalar_t*>(a.y);
-  const scalar_t* ghn = static_cast<const scalar_t*>(a.grad_h_n);
-  auto step_time = [&](int64_t u) { return a.reverse ? u : T - 1 - u; };
-
-  // Backward step 0: ga of the first visited step, with no carried gradient.
-  {
-    const int64_t t = step_time(0);
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int c = 0; c < RJ; ++c) {
-        if ((r * RJ + c) % a.ks != role.ks) {
-          continue;
-        }
-        const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
-        const int64_t k = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
-        if (b >= B || k >= H) {
-          continue;
-        }
-        const int64_t off = t * B * H;
-        ga[off + b * H + k] = static_cast<scalar_t>(backward_pointwise<scalar_t, acc_t>(
-            acc_t(0), gy + off, ghn, y + off, a.len, t, T, a.reverse, b, b * H + k, a.act));
-      }
-    }
-  }
-  grid.sync();
-
-  // Small register tiles load this step's gy and y before the dot products (they do not depend
-  // on the recurrence); larger tiles (and float64 beyond 2 outputs) would spill registers.
-  constexpr bool kPrefetch = RB * RJ <= (sizeof(acc_t) == 8 ? 2 : 4);
-  for (int64_t u = 0; u + 1 < T; ++u) {
-    const int64_t t = step_time(u);
-    const int64_t tn = step_time(u + 1);
-    const int64_t off = tn * B * H;
-    acc_t gyv[RB][RJ];
-    acc_t yv[RB][RJ];
-    if constexpr (kPrefetch) {
-#pragma unroll
-      for (int r = 0; r < RB; ++r) {
-#pragma unroll
-        for (int c = 0; c < RJ; ++c) {
-          const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
-          const int64_t k = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
-          const bool mine = (r * RJ + c) % a.ks == role.ks && b < B && k < H;
-          gyv[r][c] = mine ? static_cast<acc_t>(gy[off + b * H + k]) : acc_t(0);
-          yv[r][c] = mine ? static_cast<acc_t>(y[off + b * H + k]) : acc_t(0);
-        }
-      }
-    }
-    load_state_tile<scalar_t, acc_t>(hs, ga + t * B * H, B, H, role.b0, bt, a.ldk);
-    __syncthreads();
-    acc_t acc[RB][RJ];  // g[b, k] = sum_j ga_t[b, j] W_hh[j, k]
-    tile_dot<acc_t, RB, RJ>(acc, hs, ws, H, role.ks, a.ks, role.gb, a.gb, role.gj, a.gj, a.ldk,
-                            a.ldj);
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int c = 0; c < RJ; ++c) {
-        if ((r * RJ + c) % a.ks != role.ks) {
-          continue;
-        }
-        const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
-        const int64_t k = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
-        if (b >= B || k >= H) {
-          continue;
-        }
-        const int64_t bh = b * H + k;
-        acc_t v;
-        if constexpr (kPrefetch) {
-          v = backward_pointwise_values<scalar_t, acc_t>(acc[r][c], gyv[r][c], yv[r][c], ghn,
-                                                         a.len, tn, T, a.reverse, b, bh, a.act);
-        } else {
-          v = backward_pointwise<scalar_t, acc_t>(acc[r][c], gy + off, ghn, y + off, a.len, tn,
-                                                  T, a.reverse, b, bh, a.act);
-        }
-        ga[off + bh] = static_cast<scalar_t>(v);
-      }
-    }
-    grid.sync();
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Planning and launching the persistent kernels.
 
 using KernelFn = void (*)(PersistentArgs);
@@ -558,23 +127,12 @@ KernelFn persistent_kernel(bool backward, int rb, int rj) {
   return nullptr;
 }
 
-constexpr int kTiles[][2] = {{1, 1}, {1, 2}, {2, 2}, {4, 4}};
-
-// Smallest value >= n that is congruent to m modulo 32 (m in [0, 32)): the padding that keeps
-// the warp's shared-memory reads on distinct banks (see tile_dot's access pattern).
-int pad_to_bank(int64_t n, int m) {
-  int64_t v = n;
-  while (v % 32 != m % 32) {
-    ++v;
-  }
-  return static_cast<int>(v);
-}
-
+// The cheapest of the candidate plans (persistent_plan.h) that the device can run: its grid is
+// resident at once by the driver's occupancy answer. Plan::why says why none can run.
 template <typename scalar_t>
 Plan make_plan(int64_t B, int64_t H, bool backward) {
   using acc_t = at::opmath_type<scalar_t>;
   Plan best;
-  const int device = c10::cuda::current_device();
   const cudaDeviceProp* prop = current_device_properties();
   if (!prop->cooperativeLaunch) {
     best.why = "the device does not support cooperative launches";
@@ -588,73 +146,25 @@ Plan make_plan(int64_t B, int64_t H, bool backward) {
   const int sms = prop->multiProcessorCount;
   best.why = "W_hh and the state tiles do not fit in the shared memory of co-resident blocks";
   for (const auto& tile : kTiles) {
-    const int rb = tile[0], rj = tile[1];
-    KernelFn fn = persistent_kernel<scalar_t>(backward, rb, rj);
+    KernelFn fn = persistent_kernel<scalar_t>(backward, tile[0], tile[1]);
     C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn),
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem_max)));
-    for (int ks = 1; ks <= 32; ks *= 2) {
-      const int groups = kPersistentThreads / ks;
-      for (int gj = 1; gj <= groups; gj *= 2) {
-        // Padded: the leading dimensions that keep a warp's shared-memory reads on distinct
-        // banks; unpadded: less shared memory (larger H fits), some bank conflicts.
-        for (int padded = 1; padded >= 0; --padded) {
-          const int gb = groups / gj;
-          Plan p;
-          p.rb = rb;
-          p.rj = rj;
-          p.ks = ks;
-          p.gb = gb;
-          p.gj = gj;
-          p.bt = gb * rb;
-          p.jt = gj * rj;
-          // Skip tiles far larger than the problem (they only waste threads), but never the
-          // smallest block tiles (ks = 32: 8 output groups): without them B = 1, H = 1 (and
-          // H = 1, B = 2) had no plan at all, and `require` blamed the shared memory.
-          if (ks < 32 && p.bt >= 4 * B && gb > 1) continue;
-          if (ks < 32 && p.jt >= 4 * H && gj > 1) continue;
-          const int ldk_padded = pad_to_bank(H, ks % 32);
-          const int ldj_padded = ks > 1 ? pad_to_bank(p.jt, 32 / ks) : p.jt;
-          if (padded) {
-            p.ldk = ldk_padded;
-            p.ldj = ldj_padded;
-          } else {
-            p.ldk = static_cast<int>(H);
-            p.ldj = p.jt;
-            if (p.ldk == ldk_padded && p.ldj == ldj_padded) {
-              continue;  // the same plan as the padded one
-            }
-          }
-          p.nbt = static_cast<int>((B + p.bt - 1) / p.bt);
-          p.njt = static_cast<int>((H + p.jt - 1) / p.jt);
-          p.smem = (static_cast<size_t>(H) * p.ldj + static_cast<size_t>(p.bt) * p.ldk) *
-                   sizeof(acc_t);
-          if (p.smem > smem_max) continue;
-          const int64_t grid = static_cast<int64_t>(p.nbt) * p.njt;
-          if (grid > 4 * static_cast<int64_t>(sms)) continue;
-          int per_sm = 0;
-          C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-              &per_sm, fn, kPersistentThreads, p.smem));
-          if (per_sm < 1 || grid > static_cast<int64_t>(per_sm) * sms) continue;
-          // Cost of one step in per-thread operations: the dot products (twice when bank
-          // conflicts are likely), the shuffle reduction, loading the state tile, times the
-          // blocks sharing one SM.
-          const double waves = std::ceil(static_cast<double>(grid) / sms);
-          int lg = 0;
-          while ((1 << lg) < ks) ++lg;
-          const double dots = rb * rj * std::ceil(static_cast<double>(H) / ks);
-          const double work = dots * (padded ? 1.0 : 2.0) + rb * rj * 2.0 * lg +
-                              2.0 * std::ceil(static_cast<double>(p.bt) * H / kPersistentThreads);
-          p.cost = waves * work + 1e-3 * grid;  // ties: fewer blocks, a cheaper barrier
-          p.ok = true;
-          if (!best.ok || p.cost < best.cost) {
-            best = p;
-          }
-        }
-      }
+  }
+  for (Plan& p : candidate_plans(B, H, sizeof(acc_t), smem_max)) {
+    const int64_t grid = static_cast<int64_t>(p.nbt) * p.njt;
+    if (grid > 4 * static_cast<int64_t>(sms)) continue;
+    int per_sm = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, persistent_kernel<scalar_t>(backward, p.rb, p.rj), kPersistentThreads,
+        p.smem));
+    if (per_sm < 1 || grid > static_cast<int64_t>(per_sm) * sms) continue;
+    p.cost = plan_cost(p, H, sms);
+    p.ok = true;
+    if (!best.ok || p.cost < best.cost) {  // ties: the first candidate
+      best = p;
     }
   }
-  (void)device;
   return best;
 }
 
@@ -725,12 +235,7 @@ Plan choose_persistent(const char* op, at::ScalarType dtype, const ElmanSizes& s
 template <typename scalar_t>
 bool launch_persistent(const char* op, const Plan& p, PersistentArgs args, bool backward,
                        cudaStream_t stream) {
-  args.ks = p.ks;
-  args.gb = p.gb;
-  args.gj = p.gj;
-  args.ldk = p.ldk;
-  args.ldj = p.ldj;
-  args.njt = p.njt;
+  set_plan(args, p);
   KernelFn fn = persistent_kernel<scalar_t>(backward, p.rb, p.rj);
   TORCH_INTERNAL_ASSERT(fn != nullptr);
   void* kargs[] = {&args};
@@ -791,14 +296,7 @@ std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
     at::Tensor hbuf = at::empty({2, B, H}, input.options());
     hbuf.select(0, 0).copy_(h_0);
     const at::Tensor w = weight_hh.contiguous();
-    PersistentArgs a{};
-    a.T = T;
-    a.B = B;
-    a.H = H;
-    a.w = w.const_data_ptr();
-    a.len = len;
-    a.reverse = reverse;
-    a.act = act;
+    PersistentArgs a = persistent_args(T, B, H, w.const_data_ptr(), len, reverse, act);
     a.out = output.data_ptr();
     a.hbuf = hbuf.data_ptr();
     bool launched = false;
@@ -856,14 +354,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     bool launched = false;
     if (plan.ok) {
       const at::Tensor w = weight_hh.contiguous();
-      PersistentArgs a{};
-      a.T = T;
-      a.B = B;
-      a.H = H;
-      a.w = w.const_data_ptr();
-      a.len = len;
-      a.reverse = reverse;
-      a.act = act;
+      PersistentArgs a = persistent_args(T, B, H, w.const_data_ptr(), len, reverse, act);
       a.ga = ga.data_ptr();
       a.gy = gy.const_data_ptr();
       a.y = out.const_data_ptr();

@@ -1,0 +1,265 @@
+// The Elman CUDA kernels of csrc/cuda/elman_kernels.cuh, compiled for the host and run through
+// the emulation of cuda_emu.h, on CPU tensors: a Python module for tests/test_cuda_emulated.py
+// (built by torch.utils.cpp_extension.load). Each function prepares the kernel's arguments
+// exactly as csrc/cuda/elman_cuda.cu does (the same buffers, the same PersistentArgs), runs one
+// launch, and returns what the host code would read back.
+#include <torch/extension.h>
+
+#include "cuda_emu.h"  // after the PyTorch headers, before the kernels
+
+#include "cuda/elman_kernels.cuh"
+#include "cuda/persistent_plan.h"
+
+#include <string>
+
+namespace {
+
+using rnn_ext::Activation;
+using rnn_ext::cuda_detail::kPersistentThreads;
+using rnn_ext::cuda_detail::PersistentArgs;
+using rnn_ext::cuda_detail::Plan;
+
+uint64_t g_seed = 0;  // orders the emulated threads' turns (set_schedule_seed)
+
+Activation parse_act(const std::string& s) {
+  TORCH_CHECK(s == "tanh" || s == "relu", "nonlinearity must be 'tanh' or 'relu', got '", s,
+              "'");
+  return s == "tanh" ? Activation::Tanh : Activation::Relu;
+}
+
+py::dict plan_to_dict(const Plan& p) {
+  py::dict d;
+  d["rb"] = p.rb;
+  d["rj"] = p.rj;
+  d["ks"] = p.ks;
+  d["gb"] = p.gb;
+  d["gj"] = p.gj;
+  d["bt"] = p.bt;
+  d["jt"] = p.jt;
+  d["ldk"] = p.ldk;
+  d["ldj"] = p.ldj;
+  d["nbt"] = p.nbt;
+  d["njt"] = p.njt;
+  d["padded"] = p.padded;
+  d["smem"] = p.smem;
+  return d;
+}
+
+Plan plan_from_dict(const py::dict& d) {
+  Plan p;
+  p.rb = d["rb"].cast<int>();
+  p.rj = d["rj"].cast<int>();
+  p.ks = d["ks"].cast<int>();
+  p.gb = d["gb"].cast<int>();
+  p.gj = d["gj"].cast<int>();
+  p.bt = d["bt"].cast<int>();
+  p.jt = d["jt"].cast<int>();
+  p.ldk = d["ldk"].cast<int>();
+  p.ldj = d["ldj"].cast<int>();
+  p.nbt = d["nbt"].cast<int>();
+  p.njt = d["njt"].cast<int>();
+  p.padded = d["padded"].cast<bool>();
+  p.smem = d["smem"].cast<size_t>();
+  p.ok = true;
+  return p;
+}
+
+// candidate_plans of persistent_plan.h, as dicts, with plan_cost for `sms` SMs.
+py::list candidate_plans(int64_t B, int64_t H, int64_t acc_size, int64_t smem_max, int sms) {
+  py::list out;
+  for (Plan& p : rnn_ext::cuda_detail::candidate_plans(B, H, static_cast<size_t>(acc_size),
+                                                        static_cast<size_t>(smem_max))) {
+    py::dict d = plan_to_dict(p);
+    d["cost"] = rnn_ext::cuda_detail::plan_cost(p, H, sms);
+    out.append(d);
+  }
+  return out;
+}
+
+template <typename scalar_t>
+void run_persistent(const Plan& p, PersistentArgs args, bool backward) {
+  rnn_ext::cuda_detail::set_plan(args, p);
+  std::function<void()> body;
+#define RNN_EXT_EMU_PICK(RB, RJ)                                                              \
+  if (p.rb == RB && p.rj == RJ) {                                                             \
+    body = backward                                                                           \
+               ? std::function<void()>([args] {                                               \
+                   rnn_ext::cuda_detail::persistent_backward_kernel<scalar_t, RB, RJ>(args);  \
+                 })                                                                           \
+               : std::function<void()>([args] {                                               \
+                   rnn_ext::cuda_detail::persistent_forward_kernel<scalar_t, RB, RJ>(args);   \
+                 });                                                                          \
+  }
+  RNN_EXT_EMU_PICK(1, 1)
+  RNN_EXT_EMU_PICK(1, 2)
+  RNN_EXT_EMU_PICK(2, 2)
+  RNN_EXT_EMU_PICK(4, 4)
+#undef RNN_EXT_EMU_PICK
+  TORCH_CHECK(body, "no kernel for the register tile ", p.rb, " x ", p.rj);
+  py::gil_scoped_release no_gil;
+  cuda_emu::launch(static_cast<unsigned>(p.nbt * p.njt), kPersistentThreads, p.smem, body,
+                   g_seed);
+}
+
+// As elman_forward_impl's persistent branch: `x_proj` (T, B, H) is the input projection plus
+// biases (what `output` holds before the launch), h_0 (B, H), weight_hh (H, H), lengths int64
+// (B,) or None. Returns (output (T, B, H), h_n (B, H)).
+std::tuple<at::Tensor, at::Tensor> persistent_forward(const at::Tensor& x_proj,
+                                                      const at::Tensor& h_0,
+                                                      const at::Tensor& weight_hh,
+                                                      const std::optional<at::Tensor>& lengths,
+                                                      bool reverse, const std::string& act,
+                                                      const py::dict& plan) {
+  const Plan p = plan_from_dict(plan);
+  const int64_t T = x_proj.size(0), B = x_proj.size(1), H = x_proj.size(2);
+  at::Tensor output = x_proj.contiguous().clone();
+  at::Tensor hbuf = at::full({2, B, H}, std::nan(""), x_proj.options());
+  hbuf.select(0, 0).copy_(h_0);
+  const at::Tensor w = weight_hh.contiguous();
+  const at::Tensor len = lengths.has_value() ? lengths->contiguous() : at::Tensor();
+  PersistentArgs a = rnn_ext::cuda_detail::persistent_args(
+      T, B, H, w.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
+      reverse, parse_act(act));
+  a.out = output.data_ptr();
+  a.hbuf = hbuf.data_ptr();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_proj.scalar_type(), "emu_fwd",
+                                  [&] { run_persistent<scalar_t>(p, a, false); });
+  return {output, hbuf.select(0, T & 1).clone()};
+}
+
+// As elman_backward_impl's persistent branch: grad_output and output (T, B, H), grad_h_n (B, H)
+// or None, weight_hh (H, H), lengths as above. Returns ga (T, B, H), the gradient of the
+// pre-activations, which the whole-sequence GEMMs then use. ga starts as NaN: an element the
+// kernel does not write stays NaN.
+at::Tensor persistent_backward(const at::Tensor& grad_output, const at::Tensor& output,
+                               const std::optional<at::Tensor>& grad_h_n,
+                               const at::Tensor& weight_hh,
+                               const std::optional<at::Tensor>& lengths, bool reverse,
+                               const std::string& act, const py::dict& plan) {
+  const Plan p = plan_from_dict(plan);
+  const int64_t T = output.size(0), B = output.size(1), H = output.size(2);
+  const at::Tensor gy = grad_output.contiguous();
+  const at::Tensor y = output.contiguous();
+  const at::Tensor ghn = grad_h_n.has_value() ? grad_h_n->contiguous() : at::Tensor();
+  at::Tensor ga = at::full({T, B, H}, std::nan(""), output.options());
+  const at::Tensor w = weight_hh.contiguous();
+  const at::Tensor len = lengths.has_value() ? lengths->contiguous() : at::Tensor();
+  PersistentArgs a = rnn_ext::cuda_detail::persistent_args(
+      T, B, H, w.const_data_ptr(), len.defined() ? len.const_data_ptr<int64_t>() : nullptr,
+      reverse, parse_act(act));
+  a.ga = ga.data_ptr();
+  a.gy = gy.const_data_ptr();
+  a.y = y.const_data_ptr();
+  a.grad_h_n = ghn.defined() ? ghn.const_data_ptr() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "emu_bwd",
+                                  [&] { run_persistent<scalar_t>(p, a, true); });
+  return ga;
+}
+
+// One forward_step_kernel launch of `grid` x `block` threads, in place on out_t (B, H) (and on
+// h (B, H) when lengths are given), as the cuBLAS path runs it at step t.
+void forward_step(at::Tensor out_t, std::optional<at::Tensor> h,
+                  const std::optional<at::Tensor>& lengths, int64_t t, const std::string& act,
+                  int64_t grid, int64_t block) {
+  TORCH_CHECK(out_t.is_contiguous() && (!h.has_value() || h->is_contiguous()));
+  const int64_t B = out_t.size(0), H = out_t.size(1);
+  const at::Tensor len = lengths.has_value() ? lengths->contiguous() : at::Tensor();
+  const Activation a = parse_act(act);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_t.scalar_type(), "emu_fstep",
+                                  [&] {
+    scalar_t* o = out_t.data_ptr<scalar_t>();
+    scalar_t* hp = h.has_value() ? h->data_ptr<scalar_t>() : nullptr;
+    const int64_t* lp = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    py::gil_scoped_release no_gil;
+    cuda_emu::launch(
+        static_cast<unsigned>(grid), static_cast<unsigned>(block), 0,
+        [=] { rnn_ext::cuda_detail::forward_step_kernel<scalar_t>(o, hp, lp, t, B, H, a); },
+        g_seed);
+  });
+}
+
+// One backward_step_kernel launch, as the cuBLAS path runs it at step t: returns ga_t (B, H).
+at::Tensor backward_step(const at::Tensor& gy_t, const std::optional<at::Tensor>& g_carry,
+                         const std::optional<at::Tensor>& grad_h_n, const at::Tensor& h_t,
+                         const std::optional<at::Tensor>& lengths, int64_t t, int64_t T,
+                         bool reverse, const std::string& act, int64_t grid, int64_t block) {
+  const int64_t B = h_t.size(0), H = h_t.size(1);
+  const at::Tensor gy = gy_t.contiguous(), y = h_t.contiguous();
+  const at::Tensor gc = g_carry.has_value() ? g_carry->contiguous() : at::Tensor();
+  const at::Tensor ghn = grad_h_n.has_value() ? grad_h_n->contiguous() : at::Tensor();
+  const at::Tensor len = lengths.has_value() ? lengths->contiguous() : at::Tensor();
+  at::Tensor ga = at::full({B, H}, std::nan(""), h_t.options());
+  const Activation a = parse_act(act);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h_t.scalar_type(), "emu_bstep",
+                                  [&] {
+    scalar_t* out = ga.data_ptr<scalar_t>();
+    const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+    const scalar_t* gcp = gc.defined() ? gc.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ghp = ghn.defined() ? ghn.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    const int64_t* lp = len.defined() ? len.const_data_ptr<int64_t>() : nullptr;
+    py::gil_scoped_release no_gil;
+    cuda_emu::launch(static_cast<unsigned>(grid), static_cast<unsigned>(block), 0, [=] {
+      rnn_ext::cuda_detail::backward_step_kernel<scalar_t>(out, gyp, gcp, ghp, yp, lp, t, T,
+                                                           reverse, B, H, a);
+    }, g_seed);
+  });
+  return ga;
+}
+
+// Kernels with a known defect, to show that the emulation catches it (the tests expect each to
+// fail): "deadlock" (half a block skips a __syncthreads), "smem_overflow" (a write one element
+// past the dynamic shared memory), "missing_sync" (threads read shared memory that another
+// thread writes, with no barrier between). Returns what thread 0 of each block read ("missing
+// sync") as a float tensor of 64 elements.
+at::Tensor selftest(const std::string& kind) {
+  at::Tensor out = at::zeros({64}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  std::function<void()> body;
+  if (kind == "deadlock") {
+    body = [] {
+      if (threadIdx.x < blockDim.x / 2) __syncthreads();
+    };
+  } else if (kind == "smem_overflow") {
+    body = [] {
+      RNN_EXT_DYNAMIC_SMEM(smem);
+      float* f = reinterpret_cast<float*>(smem);
+      f[threadIdx.x + 1] = 1.0f;  // 64 floats of shared memory: thread 63 writes f[64]
+    };
+  } else if (kind == "missing_sync") {
+    body = [o] {
+      RNN_EXT_DYNAMIC_SMEM(smem);
+      float* f = reinterpret_cast<float*>(smem);
+      f[threadIdx.x] = static_cast<float>(threadIdx.x);
+      // __syncthreads() belongs here
+      o[threadIdx.x] = f[(threadIdx.x + 1) % blockDim.x];
+    };
+  } else {
+    TORCH_CHECK(false, "unknown self-test '", kind, "'");
+  }
+  py::gil_scoped_release no_gil;
+  cuda_emu::launch(1, 64, 64 * sizeof(float), body, g_seed);
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "The Elman CUDA kernels run on the CPU by a host emulation (tests only).";
+  m.def("set_schedule_seed", [](uint64_t seed) { g_seed = seed; }, py::arg("seed"),
+        "Seeds the order in which the emulated threads take turns (default 0).");
+  m.def("selftest", &selftest, py::arg("kind"));
+  m.def("candidate_plans", &candidate_plans, py::arg("B"), py::arg("H"), py::arg("acc_size"),
+        py::arg("smem_max"), py::arg("sms"));
+  m.def("persistent_forward", &persistent_forward, py::arg("x_proj"), py::arg("h_0"),
+        py::arg("weight_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("act"),
+        py::arg("plan"));
+  m.def("persistent_backward", &persistent_backward, py::arg("grad_output"), py::arg("output"),
+        py::arg("grad_h_n"), py::arg("weight_hh"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("act"), py::arg("plan"));
+  m.def("forward_step", &forward_step, py::arg("out_t"), py::arg("h"), py::arg("lengths"),
+        py::arg("t"), py::arg("act"), py::arg("grid"), py::arg("block"));
+  m.def("backward_step", &backward_step, py::arg("gy_t"), py::arg("g_carry"),
+        py::arg("grad_h_n"), py::arg("h_t"), py::arg("lengths"), py::arg("t"), py::arg("T"),
+        py::arg("reverse"), py::arg("act"), py::arg("grid"), py::arg("block"));
+}

@@ -1,0 +1,370 @@
+"""The CUDA kernels of the Elman recurrence, run on the CPU by a host emulation.
+
+Most machines that build rnn_ext have no GPU (CI among them), so the CUDA kernels' own source,
+csrc/cuda/elman_kernels.cuh, is also compiled for the host with tests/cuda_emu/cuda_emu.h, which
+emulates CUDA threads (fibers, every block resident at once), __syncthreads, the cooperative
+grid barrier, warp shuffles and shared memory (poisoned with NaN, guarded against overruns).
+These tests run:
+
+* the persistent forward and backward kernels, for every tiling family the planner
+  (csrc/cuda/persistent_plan.h) can choose (register tile, K-split, padding, one or several
+  blocks along B and along H), against a float64 reference: the recurrence for the output and
+  h_n, autograd for the gradient of the pre-activations; with lengths, reverse, tanh and relu,
+  with and without grad_h_n; in float64, float32, float16 and bfloat16;
+* the plan the planner ranks first at the lesson's shape (T, B, H) = (8, 512, 256) and at a
+  small-batch shape, as the H200 would run them when one block per SM is resident;
+* the fused pointwise kernels of the cuBLAS path (grid-stride loops);
+* the emulation itself: a deadlock, a shared-memory overrun and a missing __syncthreads are
+  caught.
+
+What this does not check: the device's memory ordering, occupancy, cuBLAS, the host code that
+launches the kernels, speed. tests/test_cuda.py does, on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+EMU_SRC = Path(__file__).resolve().parent / "cuda_emu" / "elman_emu.cpp"
+
+H200_SMEM_PER_BLOCK = 232448  # sharedMemPerBlockOptin of an H200 (227 KiB)
+H200_SMS = 132
+
+pytestmark = pytest.mark.skipif(
+    not (CSRC / "cuda" / "elman_kernels.cuh").is_file() or shutil.which("c++") is None,
+    reason="needs the source checkout (csrc/) and a C++ compiler",
+)
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """The emulation module, built once (torch.utils.cpp_extension.load, ~1 min cold)."""
+    from torch.utils.cpp_extension import load
+
+    return load(
+        name="rnn_ext_cuda_emu",
+        sources=[str(EMU_SRC)],
+        extra_include_paths=[str(CSRC)],
+        extra_cflags=["-O2", "-Wno-unknown-pragmas"],
+        verbose=os.environ.get("RNN_EXT_EMU_VERBOSE", "0") not in ("", "0"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# References (float64).
+
+
+def _phi(act):
+    return torch.tanh if act == "tanh" else torch.relu
+
+
+def reference_forward(xp, h_0, w, lengths, reverse, act, round_to=None):
+    """The Elman recurrence given the input projection: h_t = phi(xp_t + h_{t-1} W^T), steps
+    t >= lengths[b] output 0 and keep the state (torch.nn.RNN's doc; rnn_ext/reference.py).
+    In float64; with `round_to`, each stored h_t is rounded to that dtype, as the kernels store
+    them. Returns (output (T, B, H), h_n (B, H))."""
+    T = xp.shape[0]
+    h = h_0.double()
+    outs = [None] * T
+    for t in range(T - 1, -1, -1) if reverse else range(T):
+        h_new = _phi(act)(xp[t].double() + h @ w.double().T)
+        if round_to is not None:
+            h_new = h_new.to(round_to).double()
+        if lengths is None:
+            outs[t] = h = h_new
+        else:
+            running = (lengths > t).unsqueeze(1)
+            outs[t] = torch.where(running, h_new, torch.zeros_like(h_new))
+            h = torch.where(running, h_new, h)
+    return torch.stack(outs), h
+
+
+def reference_ga(xp, h_0, w, lengths, reverse, act, gy, grad_h_n):
+    """d L / d a_t by float64 autograd, for L = sum(gy * output) + sum(grad_h_n * h_n): the
+    gradient of the pre-activations, which is the gradient of the input projection."""
+    xp = xp.double().detach().requires_grad_()
+    out, h_n = reference_forward(xp, h_0, w, lengths, reverse, act)
+    loss = (out * gy.double()).sum()
+    if grad_h_n is not None:
+        loss = loss + (h_n * grad_h_n.double()).sum()
+    (ga,) = torch.autograd.grad(loss, xp)
+    return out.detach(), ga
+
+
+def reference_ga_rounded(y, gy, grad_h_n, w, lengths, reverse, act, dtype):
+    """The backward recurrence step by step, each ga_t rounded to `dtype` as the kernel stores it
+    (and reads it back for the next step): ga_t = (gy_t + g) * phi'(y_t), g = ga_t W; grad_h_n
+    joins g at each sequence's last forward step; steps t >= lengths[b] get 0."""
+    T, B, H = y.shape
+    yd, gyd, wd = y.double(), gy.double(), w.double()
+    ga = torch.zeros(T, B, H, dtype=torch.float64)
+    g = torch.zeros(B, H, dtype=torch.float64)
+    last = torch.full((B,), T - 1) if lengths is None else lengths - 1
+    for u in range(T):
+        t = u if reverse else T - 1 - u
+        gt = g.clone()
+        if grad_h_n is not None:
+            first = torch.full((B,), t == 0) if reverse else last == t
+            gt = gt + torch.where(first.unsqueeze(1), grad_h_n.double(), 0.0)
+        if act == "tanh":
+            ga_t = (gyd[t] + gt) * (1 - yd[t] ** 2)
+        else:  # relu selects (threshold_backward): 0 where the unit is off
+            ga_t = torch.where(yd[t] > 0, gyd[t] + gt, 0.0)
+        if lengths is not None:
+            ga_t = torch.where((lengths > t).unsqueeze(1), ga_t, torch.zeros_like(ga_t))
+        ga[t] = ga_t.to(dtype).double()
+        g = ga[t] @ wd
+    return ga
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans.
+
+# (T, B, H): H = 1, H below and above a warp, B above and below a block tile, H not a multiple
+# of 32; several blocks along B, along H, and both.
+SWEEP_SHAPES = [(3, 1, 1), (4, 2, 3), (5, 3, 5), (3, 5, 33), (4, 17, 9), (3, 2, 70), (2, 9, 40)]
+MAX_SWEEP_GRID = 16
+
+
+def tiling_families(plans, max_grid=MAX_SWEEP_GRID):
+    """One plan (the smallest grid) per family: register tile, K-split, padding, and whether
+    there are several blocks along B and along H. Only plans of at most `max_grid` blocks."""
+    chosen = {}
+    for p in plans:
+        grid = p["nbt"] * p["njt"]
+        if grid > max_grid:
+            continue
+        key = (p["rb"], p["rj"], p["ks"], p["padded"], p["nbt"] > 1, p["njt"] > 1)
+        if key not in chosen or grid < chosen[key]["nbt"] * chosen[key]["njt"]:
+            chosen[key] = p
+    return [chosen[k] for k in sorted(chosen)]
+
+
+def variants():
+    """(act, reverse, with lengths, with grad_h_n): all 16, taken in turn by the plans."""
+    return [
+        (act, rev, lens, ghn)
+        for act in ("tanh", "relu")
+        for rev in (False, True)
+        for lens in (False, True)
+        for ghn in (False, True)
+    ]
+
+
+def make_inputs(T, B, H, dtype, seed, with_lengths):
+    g = torch.Generator().manual_seed(seed)
+    xp = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    h_0 = torch.randn(B, H, generator=g, dtype=torch.float64)
+    w = torch.randn(H, H, generator=g, dtype=torch.float64) / math.sqrt(H)
+    gy = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    ghn = torch.randn(B, H, generator=g, dtype=torch.float64)
+    lengths = None
+    if with_lengths:
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        lengths[0] = T  # the longest is T, as pack_padded_sequence gives
+    cast = [t.to(dtype) for t in (xp, h_0, w, gy, ghn)]
+    return (*cast, lengths)
+
+
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
+
+
+def check_plan(emu, plan, T, B, H, dtype, variant, seed):
+    act, reverse, with_lengths, with_ghn = variant
+    xp, h_0, w, gy, ghn, lengths = make_inputs(T, B, H, dtype, seed, with_lengths)
+    ghn = ghn if with_ghn else None
+    where = f"plan {plan}, (T, B, H) = {(T, B, H)}, {dtype}, {variant}"
+
+    out, h_n = emu.persistent_forward(xp, h_0, w, lengths, reverse, act, plan)
+    assert out.dtype == dtype and h_n.dtype == dtype
+    ref_out, ref_ga = reference_ga(xp, h_0, w, lengths, reverse, act, gy, ghn)
+    _, ref_h_n = reference_forward(xp, h_0, w, lengths, reverse, act)
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.double(), ref_out, rtol=tol, atol=tol, msg=lambda m: where + m)
+    torch.testing.assert_close(h_n.double(), ref_h_n, rtol=tol, atol=tol,
+                               msg=lambda m: where + m)
+
+    ga = emu.persistent_backward(gy, out, ghn, w, lengths, reverse, act, plan)
+    assert ga.dtype == dtype
+    scale = max(1.0, ref_ga.abs().max().item())
+    torch.testing.assert_close(ga.double(), ref_ga, rtol=tol, atol=tol * scale,
+                               msg=lambda m: where + m)
+
+
+def test_candidate_plans_are_consistent(emu):
+    """Every candidate plan's fields agree with each other and with the kernels' assumptions."""
+    for B, H in [(1, 1), (1, 2), (2, 1), (3, 5), (64, 512), (512, 256), (8, 1024), (7, 2500)]:
+        for acc_size in (4, 8):
+            for smem_max in (H200_SMEM_PER_BLOCK, 48 * 1024):
+                plans = emu.candidate_plans(B, H, acc_size, smem_max, H200_SMS)
+                if B * H <= 2:
+                    assert plans, "B = H = 1 must have a plan (the smallest block tiles)"
+                for p in plans:
+                    assert (p["rb"], p["rj"]) in {(1, 1), (1, 2), (2, 2), (4, 4)}, p
+                    assert p["ks"] in (1, 2, 4, 8, 16, 32), p
+                    assert p["gb"] * p["gj"] * p["ks"] == 256, p
+                    assert p["bt"] == p["gb"] * p["rb"] and p["jt"] == p["gj"] * p["rj"], p
+                    assert p["nbt"] == -(-B // p["bt"]) and p["njt"] == -(-H // p["jt"]), p
+                    assert p["ldk"] >= H and p["ldj"] >= p["jt"], p
+                    if p["padded"]:
+                        assert p["ldk"] % 32 == p["ks"] % 32, p
+                        if p["ks"] > 1:
+                            assert p["ldj"] % 32 == (32 // p["ks"]) % 32, p
+                    assert p["smem"] == (H * p["ldj"] + p["bt"] * p["ldk"]) * acc_size, p
+                    assert p["smem"] <= smem_max, p
+                    assert p["cost"] > 0, p
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_persistent_kernels_every_tiling_family(emu, dtype):
+    """Forward (output, h_n) and backward (ga) of every tiling family at every sweep shape,
+    against float64 math; the 16 variants (act, reverse, lengths, grad_h_n) taken in turn."""
+    acc_size = 8 if dtype == torch.float64 else 4
+    vs = variants()
+    n = 0
+    for T, B, H in SWEEP_SHAPES:
+        plans = tiling_families(emu.candidate_plans(B, H, acc_size, H200_SMEM_PER_BLOCK,
+                                                    H200_SMS))
+        assert plans
+        for i, plan in enumerate(plans):
+            check_plan(emu, plan, T, B, H, dtype, vs[(n + i) % len(vs)], seed=n + i)
+        n += len(plans)
+    # Every register tile, K-split and padding was run.
+    assert n > 300
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_persistent_kernels_16bit(emu, dtype):
+    """16-bit storage, float32 accumulation: against float64 math that rounds every stored
+    h_t and ga_t to the dtype as the kernels do; within two units in the last place."""
+    eps = torch.finfo(dtype).eps
+    vs = variants()
+    k = 0
+    for T, B, H in [(4, 3, 5), (3, 5, 33), (3, 9, 40)]:
+        plans = tiling_families(emu.candidate_plans(B, H, 4, H200_SMEM_PER_BLOCK, H200_SMS),
+                                max_grid=8)
+        # One plan per register tile and K-split.
+        picked = {}
+        for p in plans:
+            picked.setdefault((p["rb"], p["rj"], p["ks"]), p)
+        for plan in picked.values():
+            act, reverse, with_lengths, with_ghn = vs[k % len(vs)]
+            xp, h_0, w, gy, ghn, lengths = make_inputs(T, B, H, dtype, k, with_lengths)
+            ghn = ghn if with_ghn else None
+            where = f"plan {plan}, {(T, B, H)}, {dtype}, {vs[k % len(vs)]}"
+            out, h_n = emu.persistent_forward(xp, h_0, w, lengths, reverse, act, plan)
+            ref_out, ref_h_n = reference_forward(xp, h_0, w, lengths, reverse, act,
+                                                 round_to=dtype)
+            torch.testing.assert_close(out.double(), ref_out, rtol=2 * eps, atol=2 * eps,
+                                       msg=lambda m: where + m)
+            torch.testing.assert_close(h_n.double(), ref_h_n, rtol=2 * eps, atol=2 * eps,
+                                       msg=lambda m: where + m)
+            ga = emu.persistent_backward(gy, out, ghn, w, lengths, reverse, act, plan)
+            ref = reference_ga_rounded(out, gy, ghn, w, lengths, reverse, act, dtype)
+            scale = max(1.0, ref.abs().max().item())
+            torch.testing.assert_close(ga.double(), ref, rtol=2 * eps, atol=2 * eps * scale,
+                                       msg=lambda m: where + m)
+            k += 1
+    assert k >= 20
+
+
+@pytest.mark.parametrize(
+    "T,B,H", [(8, 512, 256), (10, 8, 256)], ids=["lesson-8x512x256", "small-batch-10x8x256"]
+)
+def test_persistent_kernels_planners_choice(emu, T, B, H):
+    """The candidate the planner ranks first among grids of at most one block per H200 SM (what
+    the device runs when one block per SM is resident), float32, tanh, forward and backward."""
+    plans = [p for p in emu.candidate_plans(B, H, 4, H200_SMEM_PER_BLOCK, H200_SMS)
+             if p["nbt"] * p["njt"] <= H200_SMS]
+    plan = min(plans, key=lambda p: p["cost"])  # make_plan keeps the first of equal costs
+    check_plan(emu, plan, T, B, H, torch.float32, ("tanh", False, True, True), seed=1)
+
+
+def test_schedule_order_does_not_change_results(emu):
+    """The kernels read nothing before it is written: any order of the threads' turns between
+    barriers gives the same bits."""
+    T, B, H = 4, 5, 33
+    plans = emu.candidate_plans(B, H, 4, H200_SMEM_PER_BLOCK, H200_SMS)
+    plan = next(p for p in plans if p["ks"] == 8 and p["nbt"] > 1 and p["njt"] > 1)
+    xp, h_0, w, gy, ghn, lengths = make_inputs(T, B, H, torch.float32, 0, True)
+    results = []
+    try:
+        for seed in range(4):
+            emu.set_schedule_seed(seed)
+            out, h_n = emu.persistent_forward(xp, h_0, w, lengths, True, "tanh", plan)
+            ga = emu.persistent_backward(gy, out, ghn, w, lengths, True, "tanh", plan)
+            results.append((out, h_n, ga))
+    finally:
+        emu.set_schedule_seed(0)
+    for r in results[1:]:
+        for a, b in zip(results[0], r):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                         ids=str)
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["dense", "lengths"])
+def test_pointwise_step_kernels(emu, dtype, with_lengths):
+    """forward_step_kernel / backward_step_kernel of the cuBLAS path, launched with fewer
+    threads than elements (grid-stride loops), against float64 math of one step."""
+    T, B, H = 5, 7, 37  # B * H = 259 elements, 2 x 64 threads
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 2 * torch.finfo(dtype).eps)
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([5, 1, 3, 2, 5, 4, 3]) if with_lengths else None
+    for act in ("tanh", "relu"):
+        for t in (0, 2, 4):
+            a = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype)
+            h = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype)
+            out_t = a.clone()
+            h_state = h.clone() if with_lengths else None
+            emu.forward_step(out_t, h_state, lengths, t, act, 2, 64)
+            y = _phi(act)(a.double())
+            if with_lengths:
+                running = (lengths > t).unsqueeze(1)
+                ref_out = torch.where(running, y, torch.zeros_like(y))
+                ref_h = torch.where(running, y.to(dtype).double(), h.double())
+                torch.testing.assert_close(h_state.double(), ref_h, rtol=tol, atol=tol)
+            else:
+                ref_out = y
+            torch.testing.assert_close(out_t.double(), ref_out, rtol=tol, atol=tol)
+
+            for reverse in (False, True):
+                y_t = torch.tanh(torch.randn(B, H, generator=g, dtype=torch.float64)).to(dtype)
+                if act == "relu":
+                    y_t = torch.relu(y_t)
+                gy_t = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype)
+                carry = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype)
+                ghn = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype)
+                ga = emu.backward_step(gy_t, carry, ghn, y_t, lengths, t, T, reverse, act, 2, 64)
+                if reverse:
+                    first = torch.full((B,), t == 0)
+                else:
+                    first = (lengths - 1 == t) if with_lengths else torch.full((B,), t == T - 1)
+                gsum = carry.double() + torch.where(first.unsqueeze(1), ghn.double(), 0.0)
+                if act == "tanh":
+                    ref = (gy_t.double() + gsum) * (1 - y_t.double() ** 2)
+                else:
+                    ref = torch.where(y_t.double() > 0, gy_t.double() + gsum, 0.0)
+                if with_lengths:
+                    ref = torch.where((lengths > t).unsqueeze(1), ref, 0.0)
+                scale = max(1.0, ref.abs().max().item())
+                torch.testing.assert_close(ga.double(), ref, rtol=tol, atol=tol * scale)
+
+
+def test_emulation_catches_kernel_defects(emu):
+    """The emulation is a test that can fail: a barrier only half a block reaches, a write past
+    the shared memory, and a read of shared memory with no barrier after the write."""
+    with pytest.raises(RuntimeError, match="deadlock: 32 of 64 threads wait at a barrier"):
+        emu.selftest("deadlock")
+    with pytest.raises(RuntimeError, match="wrote past its dynamic shared memory of 256 bytes"):
+        emu.selftest("smem_overflow")
+    got = emu.selftest("missing_sync")
+    assert torch.isnan(got).any(), "a read before the write must see the NaN poison"
