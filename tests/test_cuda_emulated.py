@@ -1,9 +1,10 @@
-"""The CUDA kernels of the Elman recurrence, run on the CPU by a host emulation.
+"""The CUDA kernels of the Elman recurrence and of the losses, run on the CPU by a host emulation.
 
 Most machines that build rnn_ext have no GPU (CI among them), so the CUDA kernels' own source,
-csrc/cuda/elman_kernels.cuh, is also compiled for the host with tests/cuda_emu/cuda_emu.h, which
-emulates CUDA threads (fibers, every block resident at once), __syncthreads, the cooperative
-grid barrier, warp shuffles and shared memory (poisoned with NaN, guarded against overruns).
+csrc/cuda/elman_kernels.cuh and seq_nll_kernels.cuh, is also compiled for the host with
+tests/cuda_emu/cuda_emu.h, which emulates CUDA threads (fibers, every block resident at once),
+__syncthreads, the cooperative grid barrier, warp shuffles, atomicMin and shared memory
+(poisoned with NaN, guarded against overruns).
 These tests run:
 
 * the persistent forward and backward kernels, for every tiling family the planner
@@ -14,11 +15,13 @@ These tests run:
 * the plan the planner ranks first at the lesson's shape (T, B, H) = (8, 512, 256) and at a
   small-batch shape, as the H200 would run them when one block per SM is resident;
 * the fused pointwise kernels of the cuBLAS path (grid-stride loops);
+* the four loss kernels: per-row losses, weights, log-sum-exp and gradients against float64
+  math and autograd of F.nll_loss / F.cross_entropy, and the record of the first bad target;
 * the emulation itself: a deadlock, a shared-memory overrun and a missing __syncthreads are
   caught.
 
-What this does not check: the device's memory ordering, occupancy, cuBLAS, the host code that
-launches the kernels, speed. tests/test_cuda.py does, on a GPU.
+What this does not check: the device's memory ordering, occupancy, cuBLAS, the ATen reductions,
+the host code that launches the kernels, speed. tests/test_cuda.py does, on a GPU.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-EMU_SRC = Path(__file__).resolve().parent / "cuda_emu" / "elman_emu.cpp"
+EMU_DIR = Path(__file__).resolve().parent / "cuda_emu"
 
 H200_SMEM_PER_BLOCK = 232448  # sharedMemPerBlockOptin of an H200 (227 KiB)
 H200_SMS = 132
@@ -51,7 +54,7 @@ def emu():
 
     return load(
         name="rnn_ext_cuda_emu",
-        sources=[str(EMU_SRC)],
+        sources=[str(EMU_DIR / "elman_emu.cpp"), str(EMU_DIR / "seq_nll_emu.cpp")],
         extra_include_paths=[str(CSRC)],
         extra_cflags=["-O2", "-Wno-unknown-pragmas"],
         verbose=os.environ.get("RNN_EXT_EMU_VERBOSE", "0") not in ("", "0"),
@@ -368,3 +371,169 @@ def test_emulation_catches_kernel_defects(emu):
         emu.selftest("smem_overflow")
     got = emu.selftest("missing_sync")
     assert torch.isnan(got).any(), "a read before the write must see the NaN poison"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence losses (csrc/cuda/seq_nll_kernels.cuh): per-row values against float64 math and
+# float64 autograd of F.nll_loss / F.cross_entropy. The reductions' sums are ATen calls on the
+# device, outside the kernels.
+
+NO_BAD_ROW = 2**63 - 1
+IGNORE = 2  # a real class, ignored (uint8 targets cannot hold -100)
+LOSS_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def _stored_tol(dtype):
+    """Tolerance of a value stored in `dtype` (computed in float32 for the 16-bit dtypes)."""
+    return {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 2 * torch.finfo(dtype).eps)
+
+
+def _acc_tol(dtype):
+    """Tolerance of a value kept in the accumulation type (float32, or float64)."""
+    return 1e-12 if dtype == torch.float64 else 1e-5
+
+
+def loss_case(T, B, C, dtype, tbf, target_dtype, with_weight, strided, seed):
+    """x (T, B, C) (a transposed view when `strided`), target (B, T) if tbf else (T, B) with some
+    IGNORE entries, weight (C,) (a strided view) or None; and the float64 per-row references:
+    y (T, B), w_row (T, B) (0 where ignored)."""
+    g = torch.Generator().manual_seed(seed)
+    if strided:
+        x = torch.randn(B, T, C, generator=g, dtype=torch.float64).transpose(0, 1)
+    else:
+        x = torch.randn(T, B, C, generator=g, dtype=torch.float64)
+    x = x.to(dtype)
+    y = torch.randint(0, C, (T, B), generator=g)
+    y.view(-1)[::7] = IGNORE
+    target = (y.t().contiguous() if tbf else y).to(target_dtype)
+    weight = None
+    if with_weight:
+        weight = (torch.rand(2 * C, generator=g, dtype=torch.float64) + 0.5).to(dtype)[::2]
+    w_row = torch.ones(T, B, dtype=torch.float64) if weight is None else weight.double()[y]
+    w_row = torch.where(y == IGNORE, 0.0, w_row)
+    return x, target, weight, y, w_row
+
+
+def _in_target_layout(rows, tbf):
+    return rows.t() if tbf else rows
+
+
+def loss_cases():
+    """(dtype, target_batch_first, target dtype, weight, strided), mixed so that each appears
+    with each dtype."""
+    for i, dtype in enumerate(LOSS_DTYPES):
+        for j, (tbf, tdt, with_w, strided) in enumerate(
+            [(False, torch.int64, False, False), (True, torch.uint8, True, True),
+             (True, torch.int64, True, False), (False, torch.uint8, False, True)]
+        ):
+            yield dtype, tbf, tdt, with_w, strided, 10 * i + j
+
+
+# T * B = 287 rows and 10619 elements: more than the 2 blocks of 256 threads (16 warps) the
+# kernels are launched with here, so every grid-stride loop takes several turns; C > 32, so
+# each lane of the cross-entropy's warp reads one or two classes and both halves of the warp
+# hold classes (a missing level of its shuffle reductions shows).
+LT, LB, LC = 7, 41, 37
+
+
+def test_seq_loss_forward_kernels(emu):
+    for dtype, tbf, tdt, with_w, strided, seed in loss_cases():
+        x, target, weight, y, w_row = loss_case(LT, LB, LC, dtype, tbf, tdt, with_w, strided,
+                                                seed)
+        where = f"{dtype}, target_batch_first={tbf}, target {tdt}, weight={with_w}, " \
+                f"strided={strided}"
+        x64 = x.double()
+        yc = torch.where(y == IGNORE, 0, y)
+        x_y = x64.gather(2, yc.unsqueeze(2)).squeeze(2)
+        nll_rows = torch.where(y == IGNORE, 0.0, -w_row * x_y)
+        lse = torch.logsumexp(x64, dim=2)
+        ce_rows = torch.where(y == IGNORE, 0.0, w_row * (lse - x_y))
+        for none in (True, False):
+            loss, row_w, bad = emu.nll_forward(x, target, weight, IGNORE, none, tbf, 2)
+            assert bad == NO_BAD_ROW, where
+            torch.testing.assert_close(row_w, w_row.reshape(-1), rtol=1e-12, atol=1e-12)
+            if none:
+                assert loss.dtype == dtype and loss.shape == target.shape, where
+                torch.testing.assert_close(loss.double(), _in_target_layout(nll_rows, tbf),
+                                           rtol=_stored_tol(dtype), atol=_stored_tol(dtype),
+                                           msg=lambda m: where + m)
+            else:
+                torch.testing.assert_close(loss, nll_rows.reshape(-1), rtol=_acc_tol(dtype),
+                                           atol=_acc_tol(dtype), msg=lambda m: where + m)
+
+            loss, row_w, lse_got, bad = emu.ce_forward(x, target, weight, IGNORE, none, tbf, 2)
+            assert bad == NO_BAD_ROW, where
+            torch.testing.assert_close(row_w, w_row.reshape(-1), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(lse_got.double(), lse, rtol=_acc_tol(dtype),
+                                       atol=_acc_tol(dtype), msg=lambda m: where + m)
+            if none:
+                torch.testing.assert_close(loss.double(), _in_target_layout(ce_rows, tbf),
+                                           rtol=_stored_tol(dtype), atol=_stored_tol(dtype),
+                                           msg=lambda m: where + m)
+            else:
+                torch.testing.assert_close(loss, ce_rows.reshape(-1), rtol=_acc_tol(dtype),
+                                           atol=_acc_tol(dtype), msg=lambda m: where + m)
+
+
+def test_seq_loss_backward_kernels(emu):
+    import torch.nn.functional as F
+
+    for dtype, tbf, tdt, with_w, strided, seed in loss_cases():
+        x, target, weight, y, w_row = loss_case(LT, LB, LC, dtype, tbf, tdt, with_w, strided,
+                                                seed)
+        stat = torch.float64 if dtype == torch.float64 else torch.float32
+        total_weight = torch.tensor(w_row.sum().item(), dtype=stat)
+        lse = torch.logsumexp(x.double(), dim=2).to(stat)
+        w64 = None if weight is None else weight.double()
+        g = torch.Generator().manual_seed(seed + 1)
+        for reduction in ("none", "mean", "sum"):
+            where = f"{dtype}, {reduction}, target_batch_first={tbf}, target {tdt}, " \
+                    f"weight={with_w}, strided={strided}"
+            if reduction == "none":
+                grad_loss = torch.randn(target.shape, generator=g, dtype=torch.float64).to(dtype)
+                seed_grad = _in_target_layout(grad_loss.double(), tbf).reshape(-1)
+            else:
+                grad_loss = torch.randn((), generator=g, dtype=torch.float64).to(dtype)
+                seed_grad = grad_loss.double()
+            for name, fn in (("nll", F.nll_loss), ("ce", F.cross_entropy)):
+                x64 = x.double().detach().requires_grad_()
+                ref_loss = fn(x64.reshape(LT * LB, LC), y.reshape(-1), weight=w64,
+                              ignore_index=IGNORE, reduction=reduction)
+                (ref,) = torch.autograd.grad(ref_loss, x64, seed_grad)
+                if name == "nll":
+                    got, bad = emu.nll_backward(grad_loss, x, target, weight, IGNORE, reduction,
+                                                tbf, total_weight, 2)
+                else:
+                    got, bad = emu.ce_backward(grad_loss, x, target, weight, IGNORE, reduction,
+                                               tbf, lse, total_weight, 2)
+                assert bad == NO_BAD_ROW, where
+                assert got.dtype == dtype and got.shape == (LT, LB, LC), where
+                tol = _stored_tol(dtype)
+                scale = max(1.0, ref.abs().max().item())
+                torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * scale,
+                                           msg=lambda m: f"{name}: {where}{m}")
+
+
+@pytest.mark.parametrize("tbf", [False, True], ids=["time-major", "batch-first"])
+def test_seq_loss_kernels_record_the_first_bad_row(emu, tbf):
+    """A target out of [0, C) that is not ignore_index: every kernel records the smallest such
+    row r = t * B + b (the host then raises the CPU's IndexError)."""
+    x, target, weight, y, _ = loss_case(LT, LB, LC, torch.float32, tbf, torch.int64, False,
+                                        False, 0)
+    bad_rows = [(5, 30), (2, 7), (6, 40)]  # (t, b); the smallest r is 2 * 41 + 7
+    for t, b in bad_rows:
+        if tbf:
+            target[b, t] = LC + 3
+        else:
+            target[t, b] = -1
+    want = min(t * LB + b for t, b in bad_rows)
+    tw = torch.tensor(1.0)
+    lse = torch.zeros(LT, LB)
+    for none in (True, False):
+        assert emu.nll_forward(x, target, None, IGNORE, none, tbf, 2)[2] == want
+        assert emu.ce_forward(x, target, None, IGNORE, none, tbf, 2)[3] == want
+    gl = torch.tensor(1.0)
+    assert emu.nll_backward(gl, x, target, None, IGNORE, "sum", tbf, tw, 2)[1] == want
+    grad, bad = emu.ce_backward(gl, x, target, None, IGNORE, "sum", tbf, lse, tw, 2)
+    assert bad == want
+    assert not torch.isnan(grad).any(), "every element of the gradient is written"

@@ -11,6 +11,7 @@
 //   __shfl_xor_sync(0xffffffff, v, m)       through a per-warp exchange, between two barriers
 //                                           of the warp's 32 threads (all must take part)
 //   __ldcg(p)                               a plain load
+//   atomicMin(unsigned long long*, v)       a plain read-modify-write (turns are not preempted)
 //   dynamic shared memory                   one buffer per block, filled with 0xFF bytes (NaN
 //                                           in every float type) so a read of an element no
 //                                           thread wrote poisons the result, and followed by
@@ -271,4 +272,11 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
 template <typename T>
 inline T __ldcg(const T* p) {
   return *p;
+}
+
+// The threads take turns without preemption, so a read-modify-write is atomic as written.
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;
+  if (v < old) *p = v;
+  return old;
 }

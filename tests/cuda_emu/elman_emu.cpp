@@ -1,6 +1,6 @@
 // The Elman CUDA kernels of csrc/cuda/elman_kernels.cuh, compiled for the host and run through
 // the emulation of cuda_emu.h, on CPU tensors: a Python module for tests/test_cuda_emulated.py
-// (built by torch.utils.cpp_extension.load). Each function prepares the kernel's arguments
+// (built by torch.utils.cpp_extension.load, with seq_nll_emu.cpp for the loss kernels). Each function prepares the kernel's arguments
 // exactly as csrc/cuda/elman_cuda.cu does (the same buffers, the same PersistentArgs), runs one
 // launch, and returns what the host code would read back.
 #include <torch/extension.h>
@@ -244,8 +244,11 @@ at::Tensor selftest(const std::string& kind) {
 
 }  // namespace
 
+void register_seq_nll(py::module& m);  // seq_nll_emu.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "The Elman CUDA kernels run on the CPU by a host emulation (tests only).";
+  m.doc() = "The rnn_ext CUDA kernels run on the CPU by a host emulation (tests only).";
+  register_seq_nll(m);
   m.def("set_schedule_seed", [](uint64_t seed) { g_seed = seed; }, py::arg("seed"),
         "Seeds the order in which the emulated threads take turns (default 0).");
   m.def("selftest", &selftest, py::arg("kind"));

@@ -1,0 +1,206 @@
+// Device code of the sequence-loss CUDA kernels (NLL and cross-entropy, forward and backward).
+// The host code that launches them, and what each kernel does, are in csrc/cuda/seq_nll_cuda.cu.
+//
+// Compiled by nvcc (seq_nll_cuda.cu), and by a host C++ compiler for the emulation of the
+// kernels off the device (tests/cuda_emu/cuda_emu.h; tests/test_cuda_emulated.py runs them): so
+// this file uses only what that emulation provides (thread indices, warp shuffles, atomicMin).
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "../seq_nll_math.h"
+
+namespace rnn_ext {
+namespace cuda_detail {
+
+constexpr int kThreads = 256;
+constexpr int kWarpsPerBlock = kThreads / 32;
+constexpr int64_t kNoBadRow = std::numeric_limits<int64_t>::max();
+
+// Where the kernels read a row's target and weight.
+template <typename scalar_t, typename index_t>
+struct Targets {
+  const index_t* target;
+  int64_t stride_t, stride_b;
+  const scalar_t* weight;  // nullptr: every weight is 1
+  int64_t weight_stride;
+  int64_t ignore_index;
+  int64_t B, C;
+
+  __device__ __forceinline__ int64_t y(int64_t t, int64_t b) const {
+    return static_cast<int64_t>(target[seq_target_offset(t, b, stride_t, stride_b)]);
+  }
+};
+
+__device__ __forceinline__ void record_bad_row(int64_t* bad, int64_t r) {
+  atomicMin(reinterpret_cast<unsigned long long*>(bad), static_cast<unsigned long long>(r));
+}
+
+// Per-row loss and weight of the NLL, one thread per row.
+template <typename scalar_t, typename index_t>
+__global__ void nll_forward_kernel(const scalar_t* __restrict__ lp, int64_t lst, int64_t lsb,
+                                   int64_t lsc, Targets<scalar_t, index_t> tg, int64_t T,
+                                   bool none, bool target_batch_first,
+                                   scalar_t* __restrict__ loss_none,
+                                   double* __restrict__ row_loss, double* __restrict__ row_w,
+                                   int64_t* bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = T * tg.B;
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = r / tg.B, b = r % tg.B;
+    const int64_t y = tg.y(t, b);
+    acc_t loss = acc_t(0), w = acc_t(0);
+    if (y != tg.ignore_index) {
+      if (!seq_target_in_range(y, tg.C)) {
+        record_bad_row(bad, r);
+      } else {
+        w = tg.weight == nullptr ? acc_t(1) : static_cast<acc_t>(tg.weight[y * tg.weight_stride]);
+        loss = seq_nll_row_loss(static_cast<acc_t>(lp[t * lst + b * lsb + y * lsc]), w);
+      }
+    }
+    if (none) {
+      loss_none[target_batch_first ? b * T + t : r] = static_cast<scalar_t>(loss);
+    } else {
+      row_loss[r] = static_cast<double>(loss);
+    }
+    row_w[r] = static_cast<double>(w);
+  }
+}
+
+// Log-sum-exp of each row (saved) and the cross-entropy loss, one warp per row.
+template <typename scalar_t, typename index_t>
+__global__ void ce_forward_kernel(const scalar_t* __restrict__ x, int64_t xst, int64_t xsb,
+                                  int64_t xsc, Targets<scalar_t, index_t> tg, int64_t T,
+                                  bool none, bool target_batch_first,
+                                  scalar_t* __restrict__ loss_none,
+                                  double* __restrict__ row_loss, double* __restrict__ row_w,
+                                  at::opmath_type<scalar_t>* __restrict__ lse_out, int64_t* bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int lane = threadIdx.x % 32;
+  const int64_t rows = T * tg.B;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + threadIdx.x / 32;
+       r < rows; r += warps) {
+    const int64_t t = r / tg.B, b = r % tg.B;
+    const scalar_t* row = x + t * xst + b * xsb;
+    acc_t m = -std::numeric_limits<acc_t>::infinity();
+    for (int64_t c = lane; c < tg.C; c += 32) {
+      const acc_t v = static_cast<acc_t>(row[c * xsc]);
+      m = v > m ? v : m;
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+      const acc_t o = __shfl_xor_sync(0xffffffffu, m, off);
+      m = o > m ? o : m;
+    }
+    acc_t sum = acc_t(0);
+    for (int64_t c = lane; c < tg.C; c += 32) {
+      sum += exp(static_cast<acc_t>(row[c * xsc]) - m);
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+      sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    }
+    if (lane != 0) {
+      continue;
+    }
+    const acc_t lse = m + log(sum);
+    lse_out[r] = lse;
+    const int64_t y = tg.y(t, b);
+    acc_t loss = acc_t(0), w = acc_t(0);
+    if (y != tg.ignore_index) {
+      if (!seq_target_in_range(y, tg.C)) {
+        record_bad_row(bad, r);
+      } else {
+        w = tg.weight == nullptr ? acc_t(1) : static_cast<acc_t>(tg.weight[y * tg.weight_stride]);
+        loss = seq_ce_row_loss(lse, static_cast<acc_t>(row[y * xsc]), w);
+      }
+    }
+    if (none) {
+      loss_none[target_batch_first ? b * T + t : r] = static_cast<scalar_t>(loss);
+    } else {
+      row_loss[r] = static_cast<double>(loss);
+    }
+    row_w[r] = static_cast<double>(w);
+  }
+}
+
+// The backward's per-row factor s = seq_loss_grad_scale(g, total_weight, reduction).
+template <typename scalar_t>
+struct GradScale {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* g;
+  int64_t stride_t, stride_b;
+  const acc_t* total_weight;  // a device scalar of the statistics dtype (== acc_t)
+  Reduction reduction;
+
+  __device__ __forceinline__ acc_t operator()(int64_t t, int64_t b) const {
+    const acc_t gv = reduction == Reduction::None
+                         ? static_cast<acc_t>(g[t * stride_t + b * stride_b])
+                         : static_cast<acc_t>(g[0]);
+    return seq_loss_grad_scale(gv, *total_weight, reduction);
+  }
+};
+
+template <typename scalar_t, typename index_t>
+__global__ void nll_backward_kernel(scalar_t* __restrict__ grad, Targets<scalar_t, index_t> tg,
+                                    GradScale<scalar_t> gs, int64_t T, int64_t* bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = T * tg.B;
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = r / tg.B, b = r % tg.B;
+    const int64_t y = tg.y(t, b);
+    if (y == tg.ignore_index) {
+      continue;
+    }
+    if (!seq_target_in_range(y, tg.C)) {
+      record_bad_row(bad, r);
+      continue;
+    }
+    const acc_t w =
+        tg.weight == nullptr ? acc_t(1) : static_cast<acc_t>(tg.weight[y * tg.weight_stride]);
+    grad[r * tg.C + y] = static_cast<scalar_t>(w * gs(t, b));
+  }
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void ce_backward_kernel(scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                                   int64_t xst, int64_t xsb, int64_t xsc,
+                                   const at::opmath_type<scalar_t>* __restrict__ lse,
+                                   int64_t lse_st, int64_t lse_sb, Targets<scalar_t, index_t> tg,
+                                   GradScale<scalar_t> gs, int64_t T, int64_t* bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n = T * tg.B * tg.C;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / tg.C, c = i % tg.C;
+    const int64_t t = r / tg.B, b = r % tg.B;
+    const int64_t y = tg.y(t, b);
+    if (y == tg.ignore_index) {
+      grad[i] = scalar_t(0);
+      continue;
+    }
+    if (!seq_target_in_range(y, tg.C)) {
+      if (c == 0) {
+        record_bad_row(bad, r);
+      }
+      grad[i] = scalar_t(0);
+      continue;
+    }
+    const acc_t w =
+        tg.weight == nullptr ? acc_t(1) : static_cast<acc_t>(tg.weight[y * tg.weight_stride]);
+    const acc_t cr = w * gs(t, b);
+    const acc_t p =
+        exp(static_cast<acc_t>(x[t * xst + b * xsb + c * xsc]) - lse[t * lse_st + b * lse_sb]);
+    grad[i] = static_cast<scalar_t>(seq_ce_grad(p, c == y, cr));
+  }
+}
+
+}  // namespace cuda_detail
+}  // namespace rnn_ext
