@@ -2,8 +2,11 @@
 //
 //   h_t = phi(a_t),  a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
 //   phi = tanh:  phi'(a_t) = 1 - h_t^2          (written in terms of the output h_t)
-//   phi = relu:  phi'(a_t) = 1 if h_t > 0 else 0 (PyTorch's threshold_backward convention:
-//                                                  the derivative at 0 is 0)
+//   phi = relu:  phi'(a_t) = 0 if h_t <= 0 else 1 (PyTorch's threshold_backward convention:
+//                                                  the derivative at 0 is 0; a NaN h_t passes
+//                                                  the gradient on, as in nn.RNN)
+// NaN: relu(NaN) = NaN, as torch.relu (a comparison with NaN is false, so the tests below are
+// written `<= 0 ? 0 : ...`, never `> 0 ? ... : 0`, which would turn NaN into 0).
 // Source: the Elman network (Elman, "Finding Structure in Time", 1990) as torch.nn.RNN defines it.
 #pragma once
 
@@ -25,7 +28,7 @@ C10_HOST_DEVICE inline acc_t activate(acc_t a, Activation act) {
     return std::tanh(a);
 #endif
   }
-  return a > acc_t(0) ? a : acc_t(0);
+  return a <= acc_t(0) ? acc_t(0) : a;
 }
 
 // d h / d a, from the output h = phi(a).
@@ -34,7 +37,7 @@ C10_HOST_DEVICE inline acc_t activation_grad_from_output(acc_t h, Activation act
   if (act == Activation::Tanh) {
     return acc_t(1) - h * h;
   }
-  return h > acc_t(0) ? acc_t(1) : acc_t(0);
+  return h <= acc_t(0) ? acc_t(0) : acc_t(1);
 }
 
 // Backward of one step, one element: the gradient flowing into the pre-activation a_t given
@@ -45,7 +48,7 @@ C10_HOST_DEVICE inline acc_t activation_grad_from_output(acc_t h, Activation act
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t preactivation_grad(acc_t gy, acc_t g, acc_t h, Activation act) {
   if (act == Activation::Relu) {
-    return h > acc_t(0) ? gy + g : acc_t(0);
+    return h <= acc_t(0) ? acc_t(0) : gy + g;
   }
   return (gy + g) * activation_grad_from_output(h, act);
 }

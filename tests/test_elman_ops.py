@@ -172,6 +172,37 @@ def test_zero_h_0_shortcut_keeps_nn_rnn_inf_and_nan(reverse):
         torch.testing.assert_close(a, e, equal_nan=True)
 
 
+@pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
+def test_nan_input_propagates_as_in_nn_rnn(nonlinearity):
+    """A NaN in the input: relu(NaN) is NaN (not 0), and relu's backward passes the gradient
+    where the output is NaN (threshold_backward: 0 only where output <= 0), as in nn.RNN and
+    nn.RNNCell; outputs and every gradient, NaN pattern included, equal nn.RNN's."""
+    torch.manual_seed(0)
+    rnn = nn.RNN(3, 4, nonlinearity=nonlinearity).double()
+    x = torch.randn(3, 2, 3, dtype=torch.float64)
+    x[0, 0, 1] = float("nan")
+    h0 = torch.randn(1, 2, 4, dtype=torch.float64)
+    x.requires_grad_()
+    h0.requires_grad_()
+    out_ref, hn_ref = rnn(x, h0)
+    out, hn = elman_rnn(x, h0[0], *_op_args(rnn), nonlinearity, False, None)
+    torch.testing.assert_close(out, out_ref, equal_nan=True)
+    torch.testing.assert_close(hn, hn_ref[0], equal_nan=True)
+    gy = torch.randn_like(out)
+    inputs = [x, h0, *_rnn_params(rnn)]
+    for a, e in zip(_grads(out, inputs, gy), _grads(out_ref, inputs, gy)):
+        torch.testing.assert_close(a, e, equal_nan=True)
+
+    cell = nn.RNNCell(3, 4, nonlinearity=nonlinearity).double()
+    params = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    hy_ref = cell(x[0], h0[0])
+    hy = elman_cell(x[0], h0[0], *params, nonlinearity=nonlinearity)
+    torch.testing.assert_close(hy, hy_ref, equal_nan=True)
+    g = torch.randn_like(hy)
+    for a, e in zip(_grads(hy, [x, h0, *params], g), _grads(hy_ref, [x, h0, *params], g)):
+        torch.testing.assert_close(a, e, equal_nan=True)
+
+
 @pytest.mark.parametrize("used", ["output", "h_n", "h_n_sum", "last_output"])
 @pytest.mark.parametrize("reverse,with_lengths", [(False, False), (True, True), (False, True)])
 def test_gradients_when_an_output_is_unused(used, reverse, with_lengths):
