@@ -12,8 +12,7 @@ These tests run:
   blocks along B and along H), against a float64 reference: the recurrence for the output and
   h_n, autograd for the gradient of the pre-activations; with lengths, reverse, tanh and relu,
   with and without grad_h_n; in float64, float32, float16 and bfloat16;
-* the plan the planner ranks first at the lesson's shape (T, B, H) = (8, 512, 256) and at a
-  small-batch shape, as the H200 would run them when one block per SM is resident;
+* the plan the planner picks on an H200 at the issue's four benchmark shapes (fewer steps);
 * the fused pointwise kernels of the cuBLAS path (grid-stride loops);
 * the four loss kernels: per-row losses, weights, log-sum-exp and gradients against float64
   math and autograd of F.nll_loss / F.cross_entropy, and the record of the first bad target;
@@ -120,7 +119,7 @@ def reference_ga_rounded(y, gy, grad_h_n, w, lengths, reverse, act, dtype):
         if act == "tanh":
             ga_t = (gyd[t] + gt) * (1 - yd[t] ** 2)
         else:  # relu selects (threshold_backward): 0 where the unit is off
-            ga_t = torch.where(yd[t] > 0, gyd[t] + gt, 0.0)
+            ga_t = torch.where(yd[t] <= 0, 0.0, gyd[t] + gt)
         if lengths is not None:
             ga_t = torch.where((lengths > t).unsqueeze(1), ga_t, torch.zeros_like(ga_t))
         ga[t] = ga_t.to(dtype).double()
@@ -133,7 +132,10 @@ def reference_ga_rounded(y, gy, grad_h_n, w, lengths, reverse, act, dtype):
 
 # (T, B, H): H = 1, H below and above a warp, B above and below a block tile, H not a multiple
 # of 32; several blocks along B, along H, and both.
-SWEEP_SHAPES = [(3, 1, 1), (4, 2, 3), (5, 3, 5), (3, 5, 33), (4, 17, 9), (3, 2, 70), (2, 9, 40)]
+# T = 1: the backward's step loop does not run (RNN_EXT_CUDA_PERSISTENT=on / require take the
+# persistent path at T = 1 too).
+SWEEP_SHAPES = [(3, 1, 1), (4, 2, 3), (5, 3, 5), (3, 5, 33), (4, 17, 9), (3, 2, 70), (2, 9, 40),
+                (1, 5, 33)]
 MAX_SWEEP_GRID = 16
 
 
@@ -279,34 +281,45 @@ def test_persistent_kernels_16bit(emu, dtype):
     assert k >= 20
 
 
+# The issue's four benchmark shapes, (T, B, I, H) = (8, 512, 42, 256), (100, 64, 512, 512),
+# (1000, 8, 256, 256), (1000, 64, 1024, 1024), with fewer steps (the plan does not depend on T).
 @pytest.mark.parametrize(
-    "T,B,H", [(8, 512, 256), (10, 8, 256)], ids=["lesson-8x512x256", "small-batch-10x8x256"]
+    "T,B,H",
+    [(8, 512, 256), (3, 64, 512), (12, 8, 256), (2, 64, 1024)],
+    ids=["lesson-B512-H256", "B64-H512", "B8-H256", "B64-H1024"],
 )
 def test_persistent_kernels_planners_choice(emu, T, B, H):
-    """The candidate the planner ranks first among grids of at most one block per H200 SM (what
-    the device runs when one block per SM is resident), float32, tanh, forward and backward."""
-    plans = [p for p in emu.candidate_plans(B, H, 4, H200_SMEM_PER_BLOCK, H200_SMS)
-             if p["nbt"] * p["njt"] <= H200_SMS]
-    plan = min(plans, key=lambda p: p["cost"])  # make_plan keeps the first of equal costs
-    check_plan(emu, plan, T, B, H, torch.float32, ("tanh", False, True, True), seed=1)
+    """The plan make_plan picks on an H200 (132 SMs, 227 KiB of shared memory per block),
+    float32, forward and backward with lengths and grad_h_n. make_plan keeps the cheapest
+    candidate whose grid the driver says is resident (at most per_sm * 132 blocks, per_sm from
+    the occupancy query, which needs the device); the cheapest is the same for per_sm = 1 .. 4
+    at these shapes, so it is the plan the device runs whatever its occupancy answer."""
+    plans = emu.candidate_plans(B, H, 4, H200_SMEM_PER_BLOCK, H200_SMS)
+    picks = []
+    for per_sm in (1, 2, 3, 4):
+        resident = [p for p in plans if p["nbt"] * p["njt"] <= per_sm * H200_SMS]
+        picks.append(min(resident, key=lambda p: p["cost"]))  # min keeps the first of ties
+    assert all(p == picks[0] for p in picks), picks
+    check_plan(emu, picks[0], T, B, H, torch.float32, ("tanh", False, True, True), seed=1)
 
 
 def test_schedule_order_does_not_change_results(emu):
     """The kernels read nothing before it is written: any order of the threads' turns between
-    barriers gives the same bits."""
+    barriers (block-greedy or interleaved, several seeds) gives the same bits."""
     T, B, H = 4, 5, 33
     plans = emu.candidate_plans(B, H, 4, H200_SMEM_PER_BLOCK, H200_SMS)
     plan = next(p for p in plans if p["ks"] == 8 and p["nbt"] > 1 and p["njt"] > 1)
     xp, h_0, w, gy, ghn, lengths = make_inputs(T, B, H, torch.float32, 0, True)
     results = []
     try:
-        for seed in range(4):
-            emu.set_schedule_seed(seed)
-            out, h_n = emu.persistent_forward(xp, h_0, w, lengths, True, "tanh", plan)
-            ga = emu.persistent_backward(gy, out, ghn, w, lengths, True, "tanh", plan)
-            results.append((out, h_n, ga))
+        for seed in range(3):
+            for interleaved in (False, True):
+                emu.set_schedule(seed, interleaved)
+                out, h_n = emu.persistent_forward(xp, h_0, w, lengths, True, "tanh", plan)
+                ga = emu.persistent_backward(gy, out, ghn, w, lengths, True, "tanh", plan)
+                results.append((out, h_n, ga))
     finally:
-        emu.set_schedule_seed(0)
+        emu.set_schedule(0, False)
     for r in results[1:]:
         for a, b in zip(results[0], r):
             assert torch.equal(a, b)
@@ -355,7 +368,7 @@ def test_pointwise_step_kernels(emu, dtype, with_lengths):
                 if act == "tanh":
                     ref = (gy_t.double() + gsum) * (1 - y_t.double() ** 2)
                 else:
-                    ref = torch.where(y_t.double() > 0, gy_t.double() + gsum, 0.0)
+                    ref = torch.where(y_t.double() <= 0, 0.0, gy_t.double() + gsum)
                 if with_lengths:
                     ref = torch.where((lengths > t).unsqueeze(1), ref, 0.0)
                 scale = max(1.0, ref.abs().max().item())
@@ -364,13 +377,28 @@ def test_pointwise_step_kernels(emu, dtype, with_lengths):
 
 def test_emulation_catches_kernel_defects(emu):
     """The emulation is a test that can fail: a barrier only half a block reaches, a write past
-    the shared memory, and a read of shared memory with no barrier after the write."""
+    the shared memory, a read of shared memory with no barrier after the write, lanes that
+    shuffle with different masks, and a read of another block's data with no grid barrier."""
     with pytest.raises(RuntimeError, match="deadlock: 32 of 64 threads wait at a barrier"):
         emu.selftest("deadlock")
     with pytest.raises(RuntimeError, match="wrote past its dynamic shared memory of 256 bytes"):
         emu.selftest("smem_overflow")
     got = emu.selftest("missing_sync")
     assert torch.isnan(got).any(), "a read before the write must see the NaN poison"
+    with pytest.raises(RuntimeError, match="different lane masks"):
+        emu.selftest("shuffle_mask_mismatch")
+    # A block reading another block's data behind only __syncthreads: the block-greedy
+    # schedule runs the reader first for some seeds (never with the grid barrier).
+    stale, control = [], []
+    try:
+        for seed in range(8):
+            emu.set_schedule(seed, False)
+            stale.append(bool(torch.isnan(emu.selftest("missing_grid_sync")[:64]).any()))
+            control.append(bool(torch.isnan(emu.selftest("grid_sync")[:64]).any()))
+    finally:
+        emu.set_schedule(0, False)
+    assert any(stale), "a missing grid barrier must show for some schedule"
+    assert not any(control)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,8 +430,16 @@ def loss_case(T, B, C, dtype, tbf, target_dtype, with_weight, strided, seed):
         x = torch.randn(B, T, C, generator=g, dtype=torch.float64).transpose(0, 1)
     else:
         x = torch.randn(T, B, C, generator=g, dtype=torch.float64)
-    x = x.to(dtype)
+    # Rows whose logits spread over hundreds (exp overflows float32 unless the row's true max
+    # is subtracted), and -inf at some classes that are not the target.
+    x[1::3] = x[1::3] * 100
     y = torch.randint(0, C, (T, B), generator=g)
+    x[2, :, 0] = float("-inf")
+    x[4, 3] = float("-inf")
+    y[2] = torch.where(y[2] == 0, 1, y[2])
+    y[4, 3] = 5
+    x[4, 3, 5] = 1.0  # the target's own logit stays finite
+    x = x.to(dtype)
     y.view(-1)[::7] = IGNORE
     target = (y.t().contiguous() if tbf else y).to(target_dtype)
     weight = None

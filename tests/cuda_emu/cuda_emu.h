@@ -2,14 +2,22 @@
 // kernel source runs on the CPU, off the device, in the tests (tests/test_cuda_emulated.py).
 //
 // Every CUDA thread of a launch is a fiber (ucontext) with a stack of its own; one host thread
-// runs them all, each until it reaches a barrier, in an order shuffled at every round (seeded:
-// a run is reproducible). All blocks of a launch are resident at once, as a cooperative launch
-// requires. Emulated:
+// runs them all, each until it reaches a barrier. All blocks of a launch are resident at once,
+// as a cooperative launch requires. The order of the turns (set_schedule; seeded, so a run is
+// reproducible):
+//   block-greedy (default)  the blocks in a shuffled order, each run as far as it can go (until
+//                           all its threads wait) before the next: the blocks drift as far
+//                           apart as the barriers allow, so a missing grid barrier lets one
+//                           block read another's data before it is written, or after it is
+//                           overwritten;
+//   interleaved             every thread one turn per round, in a shuffled order.
+// Within a block the threads' order is shuffled at every round in both. Emulated:
 //   threadIdx, blockIdx, blockDim, gridDim  (x only; y = z = 0 / 1)
 //   __syncthreads()                         a barrier of the block's threads
 //   cooperative_groups::this_grid().sync()  a barrier of all the launch's threads
 //   __shfl_xor_sync(0xffffffff, v, m)       through a per-warp exchange, between two barriers
-//                                           of the warp's 32 threads (all must take part)
+//                                           of the warp's 32 threads (all must take part, with
+//                                           the same m in [0, 32), or the launch fails)
 //   __ldcg(p)                               a plain load
 //   atomicMin(unsigned long long*, v)       a plain read-modify-write (turns are not preempted)
 //   dynamic shared memory                   one buffer per block, filled with 0xFF bytes (NaN
@@ -62,7 +70,19 @@ struct Barrier {
 struct Warp {
   Barrier bar{"warp shuffle", 32};
   alignas(16) unsigned char slot[32][16];
+  int lane_mask[32];
 };
+
+enum class Schedule { BlockGreedy, Interleaved };
+
+inline uint64_t g_schedule_seed = 0;
+inline Schedule g_schedule = Schedule::BlockGreedy;
+
+// The order of the threads' turns in the launches that follow (see the top of this file).
+inline void set_schedule(uint64_t seed, Schedule schedule) {
+  g_schedule_seed = seed;
+  g_schedule = schedule;
+}
 
 struct Block {
   Block(unsigned threads, size_t smem_bytes)
@@ -135,13 +155,21 @@ T shfl_xor(unsigned mask, T v, int lane_mask) {
   if (mask != 0xffffffffu) {
     throw std::logic_error("cuda_emu: only full-warp shuffles are emulated");
   }
+  if (lane_mask < 0 || lane_mask >= 32) {
+    throw std::logic_error("cuda_emu: __shfl_xor_sync lane mask " + std::to_string(lane_mask) +
+                           " is outside [0, 32)");
+  }
   Fiber& f = current();
   const unsigned lane = f.thread_idx.x % 32;
   Warp& w = f.block->warps[f.thread_idx.x / 32];
   std::memcpy(w.slot[lane], &v, sizeof(T));
+  w.lane_mask[lane] = lane_mask;
   arrive_and_wait(w.bar);  // every lane has written
+  if (w.lane_mask[lane ^ static_cast<unsigned>(lane_mask)] != lane_mask) {
+    throw std::logic_error("cuda_emu: the lanes of a warp shuffle with different lane masks");
+  }
   T r;
-  std::memcpy(&r, w.slot[(lane ^ static_cast<unsigned>(lane_mask)) % 32], sizeof(T));
+  std::memcpy(&r, w.slot[lane ^ static_cast<unsigned>(lane_mask)], sizeof(T));
   arrive_and_wait(w.bar);  // every lane has read, before a next shuffle overwrites
   return r;
 }
@@ -157,11 +185,11 @@ inline void fiber_entry() {
 }
 
 // Runs body() as the kernel of a launch of `grid` blocks of `block` threads (both 1-D), with
-// `smem_bytes` of dynamic shared memory per block; `seed` orders the threads' turns. Throws
+// `smem_bytes` of dynamic shared memory per block, in the order set_schedule chose. Throws
 // std::runtime_error on a deadlock (threads left waiting at a barrier), an exception in a
 // thread, or a block that wrote past its shared memory. Launches do not nest and are serialised.
 inline void launch(unsigned grid, unsigned block, size_t smem_bytes,
-                   const std::function<void()>& body, uint64_t seed = 0) {
+                   const std::function<void()>& body) {
   if (grid == 0 || block == 0 || block % 32 != 0 || block > 1024) {
     throw std::invalid_argument("cuda_emu: a launch needs grid >= 1 and block a multiple of 32 "
                                 "in [32, 1024], got grid " + std::to_string(grid) +
@@ -192,24 +220,47 @@ inline void launch(unsigned grid, unsigned block, size_t smem_bytes,
     makecontext(&f.ctx, &fiber_entry, 0);
   }
   g_launch = &L;
-  std::vector<size_t> order(n);
-  std::iota(order.begin(), order.end(), size_t(0));
-  std::mt19937_64 rng(seed);
+  std::mt19937_64 rng(g_schedule_seed);
   size_t live = n;
   std::string failure;
+  auto runnable = [](const Fiber& f) {
+    return !f.done && (f.waiting == nullptr || f.waiting->generation != f.wait_generation);
+  };
+  auto resume = [&](Fiber& f) {
+    f.waiting = nullptr;
+    L.current = &f;
+    swapcontext(&L.scheduler, &f.ctx);
+    if (f.done) --live;
+  };
+  std::vector<size_t> order(n);  // interleaved: all threads; block-greedy: one block's
+  std::vector<unsigned> blocks_order(grid);
+  std::iota(blocks_order.begin(), blocks_order.end(), 0u);
   while (live > 0) {
-    std::shuffle(order.begin(), order.end(), rng);
     bool progress = false;
-    for (size_t i : order) {
-      Fiber& f = L.fibers[i];
-      if (f.done || (f.waiting != nullptr && f.waiting->generation == f.wait_generation)) {
-        continue;
+    if (g_schedule == Schedule::Interleaved) {
+      std::iota(order.begin(), order.end(), size_t(0));
+      std::shuffle(order.begin(), order.end(), rng);
+      for (size_t i : order) {
+        if (runnable(L.fibers[i])) {
+          resume(L.fibers[i]);
+          progress = true;
+        }
       }
-      f.waiting = nullptr;
-      L.current = &f;
-      swapcontext(&L.scheduler, &f.ctx);
-      progress = true;
-      if (f.done) --live;
+    } else {
+      std::shuffle(blocks_order.begin(), blocks_order.end(), rng);
+      for (unsigned b : blocks_order) {
+        for (bool moved = true; moved;) {  // this block, until all its threads wait
+          moved = false;
+          std::iota(order.begin(), order.begin() + block, static_cast<size_t>(b) * block);
+          std::shuffle(order.begin(), order.begin() + block, rng);
+          for (size_t k = 0; k < block; ++k) {
+            if (runnable(L.fibers[order[k]])) {
+              resume(L.fibers[order[k]]);
+              moved = progress = true;
+            }
+          }
+        }
+      }
     }
     if (!progress) {
       size_t waiting = 0;

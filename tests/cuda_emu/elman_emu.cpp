@@ -19,8 +19,6 @@ using rnn_ext::cuda_detail::kPersistentThreads;
 using rnn_ext::cuda_detail::PersistentArgs;
 using rnn_ext::cuda_detail::Plan;
 
-uint64_t g_seed = 0;  // orders the emulated threads' turns (set_schedule_seed)
-
 Activation parse_act(const std::string& s) {
   TORCH_CHECK(s == "tanh" || s == "relu", "nonlinearity must be 'tanh' or 'relu', got '", s,
               "'");
@@ -97,8 +95,7 @@ void run_persistent(const Plan& p, PersistentArgs args, bool backward) {
 #undef RNN_EXT_EMU_PICK
   TORCH_CHECK(body, "no kernel for the register tile ", p.rb, " x ", p.rj);
   py::gil_scoped_release no_gil;
-  cuda_emu::launch(static_cast<unsigned>(p.nbt * p.njt), kPersistentThreads, p.smem, body,
-                   g_seed);
+  cuda_emu::launch(static_cast<unsigned>(p.nbt * p.njt), kPersistentThreads, p.smem, body);
 }
 
 // As elman_forward_impl's persistent branch: `x_proj` (T, B, H) is the input projection plus
@@ -173,8 +170,7 @@ void forward_step(at::Tensor out_t, std::optional<at::Tensor> h,
     py::gil_scoped_release no_gil;
     cuda_emu::launch(
         static_cast<unsigned>(grid), static_cast<unsigned>(block), 0,
-        [=] { rnn_ext::cuda_detail::forward_step_kernel<scalar_t>(o, hp, lp, t, B, H, a); },
-        g_seed);
+        [=] { rnn_ext::cuda_detail::forward_step_kernel<scalar_t>(o, hp, lp, t, B, H, a); });
   });
 }
 
@@ -202,7 +198,7 @@ at::Tensor backward_step(const at::Tensor& gy_t, const std::optional<at::Tensor>
     cuda_emu::launch(static_cast<unsigned>(grid), static_cast<unsigned>(block), 0, [=] {
       rnn_ext::cuda_detail::backward_step_kernel<scalar_t>(out, gyp, gcp, ghp, yp, lp, t, T,
                                                            reverse, B, H, a);
-    }, g_seed);
+    });
   });
   return ga;
 }
@@ -210,9 +206,12 @@ at::Tensor backward_step(const at::Tensor& gy_t, const std::optional<at::Tensor>
 // Kernels with a known defect, to show that the emulation catches it (the tests expect each to
 // fail): "deadlock" (half a block skips a __syncthreads), "smem_overflow" (a write one element
 // past the dynamic shared memory), "missing_sync" (threads read shared memory that another
-// thread writes, with no barrier between). Returns what thread 0 of each block read ("missing
-// sync") as a float tensor of 64 elements.
+// thread writes, with no barrier between), "missing_grid_sync" (a block reads what another
+// writes, with only __syncthreads between; "grid_sync" is the correct control),
+// "shuffle_mask_mismatch" (one lane shuffles with another lane mask). Returns what the reading
+// threads read, as a float tensor of 64 elements.
 at::Tensor selftest(const std::string& kind) {
+  unsigned grid = 1;
   at::Tensor out = at::zeros({64}, at::kFloat);
   float* o = out.data_ptr<float>();
   std::function<void()> body;
@@ -234,11 +233,35 @@ at::Tensor selftest(const std::string& kind) {
       // __syncthreads() belongs here
       o[threadIdx.x] = f[(threadIdx.x + 1) % blockDim.x];
     };
+  } else if (kind == "missing_grid_sync" || kind == "grid_sync") {
+    // Block 0 writes, block 1 reads, with only a block barrier between ("missing_grid_sync")
+    // or a grid barrier (the control, "grid_sync"). Thread t of block 1 reports what it read.
+    grid = 2;
+    const bool with_grid_sync = kind == "grid_sync";
+    at::Tensor buf = at::full({64}, std::nan(""), at::kFloat);
+    float* shared_buf = buf.data_ptr<float>();
+    body = [o, shared_buf, with_grid_sync] {
+      if (blockIdx.x == 0) shared_buf[threadIdx.x] = 1.0f;
+      if (with_grid_sync) {
+        cooperative_groups::this_grid().sync();
+      } else {
+        __syncthreads();
+      }
+      if (blockIdx.x == 1) o[threadIdx.x] = shared_buf[threadIdx.x];
+    };
+    py::gil_scoped_release no_gil;
+    cuda_emu::launch(grid, 64, 0, body);
+    return out;
+  } else if (kind == "shuffle_mask_mismatch") {
+    body = [] {
+      float v = 1.0f;
+      v += __shfl_xor_sync(0xffffffffu, v, threadIdx.x == 5 ? 2 : 1);
+    };
   } else {
     TORCH_CHECK(false, "unknown self-test '", kind, "'");
   }
   py::gil_scoped_release no_gil;
-  cuda_emu::launch(1, 64, 64 * sizeof(float), body, g_seed);
+  cuda_emu::launch(grid, 64, 64 * sizeof(float), body);
   return out;
 }
 
@@ -249,8 +272,15 @@ void register_seq_nll(py::module& m);  // seq_nll_emu.cpp
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "The rnn_ext CUDA kernels run on the CPU by a host emulation (tests only).";
   register_seq_nll(m);
-  m.def("set_schedule_seed", [](uint64_t seed) { g_seed = seed; }, py::arg("seed"),
-        "Seeds the order in which the emulated threads take turns (default 0).");
+  m.def(
+      "set_schedule",
+      [](uint64_t seed, bool interleaved) {
+        cuda_emu::set_schedule(seed, interleaved ? cuda_emu::Schedule::Interleaved
+                                                 : cuda_emu::Schedule::BlockGreedy);
+      },
+      py::arg("seed"), py::arg("interleaved") = false,
+      "The order of the emulated threads' turns in later launches (cuda_emu.h): seeded, "
+      "block-greedy (the default) or interleaved.");
   m.def("selftest", &selftest, py::arg("kind"));
   m.def("candidate_plans", &candidate_plans, py::arg("B"), py::arg("H"), py::arg("acc_size"),
         py::arg("smem_max"), py::arg("sms"));
