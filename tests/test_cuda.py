@@ -198,6 +198,22 @@ def test_lengths_and_reverse(mode, dtype, reverse, nonlinearity):
 
 
 @pytest.mark.parametrize("mode", MODES, indirect=True)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_nan_input_propagates_as_nn_rnn(mode, nonlinearity):
+    """A NaN in the input: relu(NaN) is NaN, not 0, and relu's backward passes the gradient where
+    the output is NaN, as nn.RNN (the CPU op, checked against nn.RNN in test_elman_ops.py)."""
+    T, B, I, H = 4, 3, 2, 5
+    args = list(make_args(T, B, I, H, torch.float64, seed=11))
+    args[0][1, 1, 0] = float("nan")
+    gy, ghn = grads_like(T, B, H, torch.float64)
+    out, hn, grads = run_seq(args, "cuda", nonlinearity=nonlinearity, gy=gy, ghn=ghn)
+    r_out, r_hn, r_grads = run_seq(args, "cpu", nonlinearity=nonlinearity, gy=gy, ghn=ghn)
+    assert torch.isnan(out[2:, 1]).all()
+    for got, ref in zip([out, hn, *grads], [r_out, r_hn, *r_grads]):
+        torch.testing.assert_close(got.cpu(), ref, equal_nan=True, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
 def test_long_sequence_float32(mode):
     """Many steps and a multi-block grid: any missing barrier or stale read shows here."""
     T, B, I, H = 200, 9, 16, 130

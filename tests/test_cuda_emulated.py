@@ -172,7 +172,9 @@ def make_inputs(T, B, H, dtype, seed, with_lengths):
     gy = torch.randn(T, B, H, generator=g, dtype=torch.float64)
     ghn = torch.randn(B, H, generator=g, dtype=torch.float64)
     lengths = None
-    if with_lengths:
+    if with_lengths and seed % 5 == 0:
+        lengths = torch.ones(B, dtype=torch.int64)  # every sequence one step long
+    elif with_lengths:
         lengths = torch.randint(1, T + 1, (B,), generator=g)
         lengths[0] = T  # the longest is T, as pack_padded_sequence gives
     cast = [t.to(dtype) for t in (xp, h_0, w, gy, ghn)]
@@ -301,6 +303,25 @@ def test_persistent_kernels_planners_choice(emu, T, B, H):
         picks.append(min(resident, key=lambda p: p["cost"]))  # min keeps the first of ties
     assert all(p == picks[0] for p in picks), picks
     check_plan(emu, picks[0], T, B, H, torch.float32, ("tanh", False, True, True), seed=1)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_persistent_kernels_propagate_nan_as_nn_rnn(emu, act):
+    """A NaN in the input projection: that unit is NaN, then the whole row from the next step
+    on (relu(NaN) is NaN, as torch.relu), and relu's backward passes the gradient where the
+    output is NaN (as threshold_backward); against float64 autograd, NaN pattern included."""
+    T, B, H = 4, 3, 5
+    plan = min(emu.candidate_plans(B, H, 8, H200_SMEM_PER_BLOCK, H200_SMS),
+               key=lambda p: p["cost"])
+    xp, h_0, w, gy, ghn, _ = make_inputs(T, B, H, torch.float64, 0, False)
+    xp[1, 1, 2] = float("nan")
+    out, h_n = emu.persistent_forward(xp, h_0, w, None, False, act, plan)
+    ref_out, ref_ga = reference_ga(xp, h_0, w, None, False, act, gy, ghn)
+    assert torch.isnan(out[1, 1, 2]) and torch.isnan(out[2:, 1]).all()
+    assert not torch.isnan(out[:, [0, 2]]).any()
+    torch.testing.assert_close(out, ref_out, equal_nan=True)
+    ga = emu.persistent_backward(gy, out, ghn, w, None, False, act, plan)
+    torch.testing.assert_close(ga, ref_ga, equal_nan=True)
 
 
 def test_schedule_order_does_not_change_results(emu):
