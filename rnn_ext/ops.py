@@ -88,8 +88,9 @@ def elman_rnn(
     by differentiating a step-by-step recomputation in PyTorch operations (exact, slower).
 
     On CUDA the recurrence runs either as one persistent kernel or as a cuBLAS step loop
-    (:func:`set_cuda_persistent` chooses); under ``torch.autocast("cuda")`` the floating
-    arguments (not float64) are cast to the autocast dtype, as for :class:`torch.nn.RNN`.
+    (:func:`set_cuda_persistent` chooses). Under ``torch.autocast`` (CPU or CUDA) the floating
+    arguments of that device (not float64) are cast to the autocast dtype, as for
+    :class:`torch.nn.RNN`; the output is then in that dtype.
     """
     return torch.ops.rnn_ext.elman_forward(
         input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, reverse,
@@ -142,7 +143,8 @@ def elman_cell(
         nonlinearity: ``"tanh"`` or ``"relu"``.
 
     Returns:
-        ``h'``, ``(B, H)``.
+        ``h'``, ``(B, H)``; under ``torch.autocast`` (CPU or CUDA) in the autocast dtype, the
+        floating arguments (not float64) cast to it first, as for :class:`torch.nn.RNNCell`.
 
     Raises:
         RuntimeError: wrong ranks, shapes, dtypes or devices (named in the message).

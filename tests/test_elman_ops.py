@@ -172,6 +172,32 @@ def test_zero_h_0_shortcut_keeps_nn_rnn_inf_and_nan(reverse):
         torch.testing.assert_close(a, e, equal_nan=True)
 
 
+@pytest.mark.parametrize("ac_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_ops_under_cpu_autocast_like_nn_rnn(ac_dtype):
+    """Under torch.autocast('cpu') the raw ops run in the autocast dtype, as nn.RNN and
+    nn.RNNCell do: float32 arguments are cast (the result equals the op on cast arguments, bit
+    for bit), gradients come back in float32; float64 arguments are left alone."""
+    torch.manual_seed(0)
+    rnn = nn.RNN(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    h0 = torch.randn(2, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=ac_dtype):
+        out, hn = elman_rnn(x, h0, *_op_args(rnn), "tanh", False, None)
+        out_nn, _ = rnn(x, h0.unsqueeze(0))
+        hy = elman_cell(x[0], h0, *_op_args(rnn), nonlinearity="relu")
+    assert out.dtype == hn.dtype == hy.dtype == out_nn.dtype == ac_dtype
+    cast = [t.detach().to(ac_dtype) for t in (x, h0, *_rnn_params(rnn))]
+    out_ref, hn_ref = elman_rnn(*cast, "tanh", False, None)
+    assert torch.equal(out, out_ref) and torch.equal(hn, hn_ref)
+    assert torch.equal(hy, elman_cell(cast[0][0], *cast[1:], nonlinearity="relu"))
+    (out.float().sum() + hy.float().sum()).backward()
+    assert x.grad.dtype == h0.grad.dtype == rnn.weight_hh_l0.grad.dtype == torch.float32
+    with torch.autocast("cpu", dtype=ac_dtype):
+        out64, _ = elman_rnn(x.double(), h0.double(),
+                             *[p.double() for p in _rnn_params(rnn)], "tanh", False, None)
+    assert out64.dtype == torch.float64
+
+
 @pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
 def test_nan_input_propagates_as_in_nn_rnn(nonlinearity):
     """A NaN in the input: relu(NaN) is NaN (not 0), and relu's backward passes the gradient

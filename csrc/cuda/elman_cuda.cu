@@ -1,6 +1,6 @@
 // CUDA kernels of the Elman operators: elman_forward / elman_backward (one layer, one
 // direction, whole sequence) and elman_cell_forward / elman_cell_backward (one step,
-// nn.RNNCell semantics), plus the AutocastCUDA kernels of the two forward operators.
+// nn.RNNCell semantics). Their autocast kernels: csrc/autocast.cpp.
 //
 // Semantics: exactly those of csrc/cpu/elman_cpu.cpp (the reference); the argument checks are
 // the shared ones of csrc/elman_checks.cpp, so a mistake gives the same message on every device.
@@ -54,8 +54,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/autocast_mode.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -464,43 +462,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
   return {gx.squeeze(0), ghx, gwih, gwhh, gb};
 }
 
-// ---------------------------------------------------------------------------------------------
-// Autocast: like nn.RNN / nn.RNNCell (rnn_tanh, rnn_relu and their cells are on autocast's
-// lower-precision list), every floating CUDA argument but float64 is cast to the autocast dtype,
-// then the operator runs below the autocast key. The casts are recorded by autograd.
-
-std::tuple<at::Tensor, at::Tensor> elman_forward_autocast(
-    const at::Tensor& input, const at::Tensor& h_0, const at::Tensor& weight_ih,
-    const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
-    const std::optional<at::Tensor>& bias_hh, c10::string_view nonlinearity, bool reverse,
-    const std::optional<at::Tensor>& lengths) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  const auto dt = at::autocast::get_autocast_dtype(at::kCUDA);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("rnn_ext::elman_forward", "")
-                       .typed<decltype(elman_forward_autocast)>();
-  using at::autocast::cached_cast;
-  return op.call(cached_cast(dt, input), cached_cast(dt, h_0), cached_cast(dt, weight_ih),
-                 cached_cast(dt, weight_hh), cached_cast(dt, bias_ih), cached_cast(dt, bias_hh),
-                 nonlinearity, reverse, lengths);
-}
-
-at::Tensor elman_cell_forward_autocast(const at::Tensor& input, const at::Tensor& hx,
-                                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                       const std::optional<at::Tensor>& bias_ih,
-                                       const std::optional<at::Tensor>& bias_hh,
-                                       c10::string_view nonlinearity) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  const auto dt = at::autocast::get_autocast_dtype(at::kCUDA);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("rnn_ext::elman_cell_forward", "")
-                       .typed<decltype(elman_cell_forward_autocast)>();
-  using at::autocast::cached_cast;
-  return op.call(cached_cast(dt, input), cached_cast(dt, hx), cached_cast(dt, weight_ih),
-                 cached_cast(dt, weight_hh), cached_cast(dt, bias_ih), cached_cast(dt, bias_hh),
-                 nonlinearity);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
@@ -508,11 +469,6 @@ TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
   m.impl("elman_backward", &elman_backward_cuda);
   m.impl("elman_cell_forward", &elman_cell_forward_cuda);
   m.impl("elman_cell_backward", &elman_cell_backward_cuda);
-}
-
-TORCH_LIBRARY_IMPL(rnn_ext, AutocastCUDA, m) {
-  m.impl("elman_forward", &elman_forward_autocast);
-  m.impl("elman_cell_forward", &elman_cell_forward_autocast);
 }
 
 }  // namespace rnn_ext

@@ -1,8 +1,9 @@
 // The Elman CUDA kernels of csrc/cuda/elman_kernels.cuh, compiled for the host and run through
 // the emulation of cuda_emu.h, on CPU tensors: a Python module for tests/test_cuda_emulated.py
-// (built by torch.utils.cpp_extension.load, with seq_nll_emu.cpp for the loss kernels). Each function prepares the kernel's arguments
-// exactly as csrc/cuda/elman_cuda.cu does (the same buffers, the same PersistentArgs), runs one
-// launch, and returns what the host code would read back.
+// (built by torch.utils.cpp_extension.load, with seq_nll_emu.cpp for the loss kernels). Each
+// function prepares the kernel's arguments exactly as csrc/cuda/elman_cuda.cu does (the same
+// buffers, the same PersistentArgs), runs one launch, and returns what the host code would read
+// back.
 #include <torch/extension.h>
 
 #include "cuda_emu.h"  // after the PyTorch headers, before the kernels
