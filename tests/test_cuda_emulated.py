@@ -101,29 +101,39 @@ def reference_ga(xp, h_0, w, lengths, reverse, act, gy, grad_h_n):
     return out.detach(), ga
 
 
+def reference_ga_step(gy_t, g, y_t, grad_h_n, t, T, lengths, reverse, act):
+    """One step of the backward in float64: ga_t = (gy_t + g) * phi'(y_t), where grad_h_n joins
+    g at each sequence's last forward step (t = 0 in reverse, else lengths[b] - 1 or T - 1) and
+    rows with t >= lengths[b] get 0. Shapes (B, H); lengths (B,) or None; grad_h_n or None."""
+    B = y_t.shape[0]
+    gy_t, g, y_t = gy_t.double(), g.double(), y_t.double()
+    if grad_h_n is not None:
+        if reverse:
+            first = torch.full((B,), t == 0)
+        else:
+            first = (lengths - 1 == t) if lengths is not None else torch.full((B,), t == T - 1)
+        g = g + torch.where(first.unsqueeze(1), grad_h_n.double(), 0.0)
+    if act == "tanh":
+        ga_t = (gy_t + g) * (1 - y_t ** 2)
+    else:  # relu selects (threshold_backward): 0 where the unit is off
+        ga_t = torch.where(y_t <= 0, 0.0, gy_t + g)
+    if lengths is not None:
+        ga_t = torch.where((lengths > t).unsqueeze(1), ga_t, 0.0)
+    return ga_t
+
+
 def reference_ga_rounded(y, gy, grad_h_n, w, lengths, reverse, act, dtype):
     """The backward recurrence step by step, each ga_t rounded to `dtype` as the kernel stores it
     (and reads it back for the next step): ga_t = (gy_t + g) * phi'(y_t), g = ga_t W; grad_h_n
     joins g at each sequence's last forward step; steps t >= lengths[b] get 0."""
     T, B, H = y.shape
-    yd, gyd, wd = y.double(), gy.double(), w.double()
     ga = torch.zeros(T, B, H, dtype=torch.float64)
     g = torch.zeros(B, H, dtype=torch.float64)
-    last = torch.full((B,), T - 1) if lengths is None else lengths - 1
     for u in range(T):
         t = u if reverse else T - 1 - u
-        gt = g.clone()
-        if grad_h_n is not None:
-            first = torch.full((B,), t == 0) if reverse else last == t
-            gt = gt + torch.where(first.unsqueeze(1), grad_h_n.double(), 0.0)
-        if act == "tanh":
-            ga_t = (gyd[t] + gt) * (1 - yd[t] ** 2)
-        else:  # relu selects (threshold_backward): 0 where the unit is off
-            ga_t = torch.where(yd[t] <= 0, 0.0, gyd[t] + gt)
-        if lengths is not None:
-            ga_t = torch.where((lengths > t).unsqueeze(1), ga_t, torch.zeros_like(ga_t))
+        ga_t = reference_ga_step(gy[t], g, y[t], grad_h_n, t, T, lengths, reverse, act)
         ga[t] = ga_t.to(dtype).double()
-        g = ga[t] @ wd
+        g = ga[t] @ w.double()
     return ga
 
 
@@ -381,17 +391,7 @@ def test_pointwise_step_kernels(emu, dtype, with_lengths):
                 carry = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype)
                 ghn = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype)
                 ga = emu.backward_step(gy_t, carry, ghn, y_t, lengths, t, T, reverse, act, 2, 64)
-                if reverse:
-                    first = torch.full((B,), t == 0)
-                else:
-                    first = (lengths - 1 == t) if with_lengths else torch.full((B,), t == T - 1)
-                gsum = carry.double() + torch.where(first.unsqueeze(1), ghn.double(), 0.0)
-                if act == "tanh":
-                    ref = (gy_t.double() + gsum) * (1 - y_t.double() ** 2)
-                else:
-                    ref = torch.where(y_t.double() <= 0, 0.0, gy_t.double() + gsum)
-                if with_lengths:
-                    ref = torch.where((lengths > t).unsqueeze(1), ref, 0.0)
+                ref = reference_ga_step(gy_t, carry, y_t, ghn, t, T, lengths, reverse, act)
                 scale = max(1.0, ref.abs().max().item())
                 torch.testing.assert_close(ga.double(), ref, rtol=tol, atol=tol * scale)
 
@@ -493,6 +493,22 @@ def loss_cases():
 LT, LB, LC = 7, 41, 37
 
 
+def _check_forward_rows(loss, row_w, bad, ref_rows, w_row, none, tbf, target, dtype, where):
+    """A forward kernel's results against float64 rows (T, B): no bad row; the row weights; for
+    reduction none the loss in the target's shape and the input's dtype, else the float64
+    per-row losses."""
+    assert bad == NO_BAD_ROW, where
+    torch.testing.assert_close(row_w, w_row.reshape(-1), rtol=1e-12, atol=1e-12)
+    if none:
+        assert loss.dtype == dtype and loss.shape == target.shape, where
+        torch.testing.assert_close(loss.double(), _in_target_layout(ref_rows, tbf),
+                                   rtol=_stored_tol(dtype), atol=_stored_tol(dtype),
+                                   msg=lambda m: where + m)
+    else:
+        torch.testing.assert_close(loss, ref_rows.reshape(-1), rtol=_acc_tol(dtype),
+                                   atol=_acc_tol(dtype), msg=lambda m: where + m)
+
+
 def test_seq_loss_forward_kernels(emu):
     for dtype, tbf, tdt, with_w, strided, seed in loss_cases():
         x, target, weight, y, w_row = loss_case(LT, LB, LC, dtype, tbf, tdt, with_w, strided,
@@ -507,29 +523,13 @@ def test_seq_loss_forward_kernels(emu):
         ce_rows = torch.where(y == IGNORE, 0.0, w_row * (lse - x_y))
         for none in (True, False):
             loss, row_w, bad = emu.nll_forward(x, target, weight, IGNORE, none, tbf, 2)
-            assert bad == NO_BAD_ROW, where
-            torch.testing.assert_close(row_w, w_row.reshape(-1), rtol=1e-12, atol=1e-12)
-            if none:
-                assert loss.dtype == dtype and loss.shape == target.shape, where
-                torch.testing.assert_close(loss.double(), _in_target_layout(nll_rows, tbf),
-                                           rtol=_stored_tol(dtype), atol=_stored_tol(dtype),
-                                           msg=lambda m: where + m)
-            else:
-                torch.testing.assert_close(loss, nll_rows.reshape(-1), rtol=_acc_tol(dtype),
-                                           atol=_acc_tol(dtype), msg=lambda m: where + m)
-
+            _check_forward_rows(loss, row_w, bad, nll_rows, w_row, none, tbf, target, dtype,
+                                "nll: " + where)
             loss, row_w, lse_got, bad = emu.ce_forward(x, target, weight, IGNORE, none, tbf, 2)
-            assert bad == NO_BAD_ROW, where
-            torch.testing.assert_close(row_w, w_row.reshape(-1), rtol=1e-12, atol=1e-12)
+            _check_forward_rows(loss, row_w, bad, ce_rows, w_row, none, tbf, target, dtype,
+                                "ce: " + where)
             torch.testing.assert_close(lse_got.double(), lse, rtol=_acc_tol(dtype),
                                        atol=_acc_tol(dtype), msg=lambda m: where + m)
-            if none:
-                torch.testing.assert_close(loss.double(), _in_target_layout(ce_rows, tbf),
-                                           rtol=_stored_tol(dtype), atol=_stored_tol(dtype),
-                                           msg=lambda m: where + m)
-            else:
-                torch.testing.assert_close(loss, ce_rows.reshape(-1), rtol=_acc_tol(dtype),
-                                           atol=_acc_tol(dtype), msg=lambda m: where + m)
 
 
 def test_seq_loss_backward_kernels(emu):

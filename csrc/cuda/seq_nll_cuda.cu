@@ -111,6 +111,14 @@ ForwardBuffers forward_buffers(const at::Tensor& input, const SeqLossSizes& s,
   return f;
 }
 
+// Where a forward kernel writes its per-row results (seq_nll_kernels.cuh).
+template <typename scalar_t>
+RowOutputs<scalar_t> row_outputs(ForwardBuffers& f, bool none, bool target_batch_first) {
+  return {none, target_batch_first, none ? f.loss.mutable_data_ptr<scalar_t>() : nullptr,
+          none ? nullptr : f.row_loss.mutable_data_ptr<double>(),
+          f.row_w.mutable_data_ptr<double>()};
+}
+
 // total_weight = sum of row weights; loss = sum, or sum / total_weight (0 / 0 = NaN), for
 // mean / sum. All on the device, in float64 (the CPU kernels also sum in double).
 void finish_forward(ForwardBuffers& f, Reduction reduction) {
@@ -146,10 +154,9 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_cuda(
                                                     stream>>>(
                 log_probs.const_data_ptr<scalar_t>(), log_probs.stride(0), log_probs.stride(1),
                 log_probs.stride(2),
-                make_targets<scalar_t, index_t>(target, weight, ignore_index, s), s.T, none,
-                target_batch_first, none ? f.loss.mutable_data_ptr<scalar_t>() : nullptr,
-                none ? nullptr : f.row_loss.mutable_data_ptr<double>(),
-                f.row_w.mutable_data_ptr<double>(), f.bad.mutable_data_ptr<int64_t>());
+                make_targets<scalar_t, index_t>(target, weight, ignore_index, s), s.T,
+                row_outputs<scalar_t>(f, none, target_batch_first),
+                f.bad.mutable_data_ptr<int64_t>());
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           });
         });
@@ -224,10 +231,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cuda(
                                                    0, stream>>>(
                 logits.const_data_ptr<scalar_t>(), logits.stride(0), logits.stride(1),
                 logits.stride(2),
-                make_targets<scalar_t, index_t>(target, weight, ignore_index, s), s.T, none,
-                target_batch_first, none ? f.loss.mutable_data_ptr<scalar_t>() : nullptr,
-                none ? nullptr : f.row_loss.mutable_data_ptr<double>(),
-                f.row_w.mutable_data_ptr<double>(), lse.mutable_data_ptr<acc_t>(),
+                make_targets<scalar_t, index_t>(target, weight, ignore_index, s), s.T,
+                row_outputs<scalar_t>(f, none, target_batch_first), lse.mutable_data_ptr<acc_t>(),
                 f.bad.mutable_data_ptr<int64_t>());
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           });

@@ -36,41 +36,69 @@ struct Targets {
   __device__ __forceinline__ int64_t y(int64_t t, int64_t b) const {
     return static_cast<int64_t>(target[seq_target_offset(t, b, stride_t, stride_b)]);
   }
+
+  // weight[y] (1 without a weight), y a class index.
+  template <typename acc_t>
+  __device__ __forceinline__ acc_t w(int64_t y) const {
+    return weight == nullptr ? acc_t(1) : static_cast<acc_t>(weight[y * weight_stride]);
+  }
 };
 
 __device__ __forceinline__ void record_bad_row(int64_t* bad, int64_t r) {
   atomicMin(reinterpret_cast<unsigned long long*>(bad), static_cast<unsigned long long>(r));
 }
 
+// Where a forward kernel writes its per-row results: reduction none, the loss at the target's
+// position in `loss_none` ((T, B), or (B, T) when target_batch_first); mean / sum, the float64
+// per-row losses `row_loss` (T * B); always the float64 row weights `row_w` (T * B).
+template <typename scalar_t>
+struct RowOutputs {
+  bool none, target_batch_first;
+  scalar_t* loss_none;
+  double* row_loss;
+  double* row_w;
+};
+
+// The end of row r = t * B + b of a forward kernel, shared by NLL and cross-entropy: for target
+// y, the weight w = weight[y] and the loss row_loss_of(y, w); an ignored row has both 0; a target
+// out of range is recorded in `bad` and gets both 0. Stores both in `out`.
+template <typename scalar_t, typename index_t, typename RowLossOf>
+__device__ __forceinline__ void finish_forward_row(const Targets<scalar_t, index_t>& tg,
+                                                   const RowOutputs<scalar_t>& out, int64_t T,
+                                                   int64_t r, int64_t t, int64_t b, int64_t* bad,
+                                                   RowLossOf row_loss_of) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t y = tg.y(t, b);
+  acc_t loss = acc_t(0), w = acc_t(0);
+  if (y != tg.ignore_index) {
+    if (!seq_target_in_range(y, tg.C)) {
+      record_bad_row(bad, r);
+    } else {
+      w = tg.template w<acc_t>(y);
+      loss = row_loss_of(y, w);
+    }
+  }
+  if (out.none) {
+    out.loss_none[out.target_batch_first ? b * T + t : r] = static_cast<scalar_t>(loss);
+  } else {
+    out.row_loss[r] = static_cast<double>(loss);
+  }
+  out.row_w[r] = static_cast<double>(w);
+}
+
 // Per-row loss and weight of the NLL, one thread per row.
 template <typename scalar_t, typename index_t>
 __global__ void nll_forward_kernel(const scalar_t* __restrict__ lp, int64_t lst, int64_t lsb,
                                    int64_t lsc, Targets<scalar_t, index_t> tg, int64_t T,
-                                   bool none, bool target_batch_first,
-                                   scalar_t* __restrict__ loss_none,
-                                   double* __restrict__ row_loss, double* __restrict__ row_w,
-                                   int64_t* bad) {
+                                   RowOutputs<scalar_t> out, int64_t* bad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = T * tg.B;
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
        r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = r / tg.B, b = r % tg.B;
-    const int64_t y = tg.y(t, b);
-    acc_t loss = acc_t(0), w = acc_t(0);
-    if (y != tg.ignore_index) {
-      if (!seq_target_in_range(y, tg.C)) {
-        record_bad_row(bad, r);
-      } else {
-        w = tg.weight == nullptr ? acc_t(1) : static_cast<acc_t>(tg.weight[y * tg.weight_stride]);
-        loss = seq_nll_row_loss(static_cast<acc_t>(lp[t * lst + b * lsb + y * lsc]), w);
-      }
-    }
-    if (none) {
-      loss_none[target_batch_first ? b * T + t : r] = static_cast<scalar_t>(loss);
-    } else {
-      row_loss[r] = static_cast<double>(loss);
-    }
-    row_w[r] = static_cast<double>(w);
+    finish_forward_row(tg, out, T, r, t, b, bad, [&](int64_t y, acc_t w) {
+      return seq_nll_row_loss(static_cast<acc_t>(lp[t * lst + b * lsb + y * lsc]), w);
+    });
   }
 }
 
@@ -78,9 +106,7 @@ __global__ void nll_forward_kernel(const scalar_t* __restrict__ lp, int64_t lst,
 template <typename scalar_t, typename index_t>
 __global__ void ce_forward_kernel(const scalar_t* __restrict__ x, int64_t xst, int64_t xsb,
                                   int64_t xsc, Targets<scalar_t, index_t> tg, int64_t T,
-                                  bool none, bool target_batch_first,
-                                  scalar_t* __restrict__ loss_none,
-                                  double* __restrict__ row_loss, double* __restrict__ row_w,
+                                  RowOutputs<scalar_t> out,
                                   at::opmath_type<scalar_t>* __restrict__ lse_out, int64_t* bad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int lane = threadIdx.x % 32;
@@ -111,22 +137,9 @@ __global__ void ce_forward_kernel(const scalar_t* __restrict__ x, int64_t xst, i
     }
     const acc_t lse = m + log(sum);
     lse_out[r] = lse;
-    const int64_t y = tg.y(t, b);
-    acc_t loss = acc_t(0), w = acc_t(0);
-    if (y != tg.ignore_index) {
-      if (!seq_target_in_range(y, tg.C)) {
-        record_bad_row(bad, r);
-      } else {
-        w = tg.weight == nullptr ? acc_t(1) : static_cast<acc_t>(tg.weight[y * tg.weight_stride]);
-        loss = seq_ce_row_loss(lse, static_cast<acc_t>(row[y * xsc]), w);
-      }
-    }
-    if (none) {
-      loss_none[target_batch_first ? b * T + t : r] = static_cast<scalar_t>(loss);
-    } else {
-      row_loss[r] = static_cast<double>(loss);
-    }
-    row_w[r] = static_cast<double>(w);
+    finish_forward_row(tg, out, T, r, t, b, bad, [&](int64_t y, acc_t w) {
+      return seq_ce_row_loss(lse, static_cast<acc_t>(row[y * xsc]), w);
+    });
   }
 }
 
@@ -163,9 +176,7 @@ __global__ void nll_backward_kernel(scalar_t* __restrict__ grad, Targets<scalar_
       record_bad_row(bad, r);
       continue;
     }
-    const acc_t w =
-        tg.weight == nullptr ? acc_t(1) : static_cast<acc_t>(tg.weight[y * tg.weight_stride]);
-    grad[r * tg.C + y] = static_cast<scalar_t>(w * gs(t, b));
+    grad[r * tg.C + y] = static_cast<scalar_t>(tg.template w<acc_t>(y) * gs(t, b));
   }
 }
 
@@ -193,9 +204,7 @@ __global__ void ce_backward_kernel(scalar_t* __restrict__ grad, const scalar_t* 
       grad[i] = scalar_t(0);
       continue;
     }
-    const acc_t w =
-        tg.weight == nullptr ? acc_t(1) : static_cast<acc_t>(tg.weight[y * tg.weight_stride]);
-    const acc_t cr = w * gs(t, b);
+    const acc_t cr = tg.template w<acc_t>(y) * gs(t, b);
     const acc_t p =
         exp(static_cast<acc_t>(x[t * xst + b * xsb + c * xsc]) - lse[t * lse_st + b * lse_sb]);
     grad[i] = static_cast<scalar_t>(seq_ce_grad(p, c == y, cr));

@@ -46,6 +46,27 @@ void dispatch(const at::Tensor& input, const at::Tensor& target, const F& f) {
   });
 }
 
+// A forward kernel's per-row results, NaN until written: reduction none, the loss in the
+// target's shape and the input's dtype; else the float64 per-row losses (T * B); and the float64
+// row weights (T * B). As forward_buffers in seq_nll_cuda.cu, before the reductions.
+struct RowBuffers {
+  at::Tensor loss, row_w;
+
+  RowBuffers(const at::Tensor& input, const at::Tensor& target, bool none) {
+    const int64_t rows = input.size(0) * input.size(1);
+    const auto dopt = input.options().dtype(at::kDouble);
+    loss = none ? at::full(target.sizes(), std::nan(""), input.options())
+                : at::full({rows}, std::nan(""), dopt);
+    row_w = at::full({rows}, std::nan(""), dopt);
+  }
+
+  template <typename scalar_t>
+  rnn_ext::cuda_detail::RowOutputs<scalar_t> outputs(bool none, bool tbf) {
+    return {none, tbf, none ? loss.data_ptr<scalar_t>() : nullptr,
+            none ? nullptr : loss.data_ptr<double>(), row_w.data_ptr<double>()};
+  }
+};
+
 void run(int64_t grid, const std::function<void()>& body) {
   py::gil_scoped_release no_gil;
   cuda_emu::launch(static_cast<unsigned>(grid), kThreads, 0, body);
@@ -58,11 +79,8 @@ std::tuple<at::Tensor, at::Tensor, int64_t> nll_forward(const at::Tensor& log_pr
                                                         const std::optional<at::Tensor>& weight,
                                                         int64_t ignore_index, bool none, bool tbf,
                                                         int64_t grid) {
-  const int64_t T = log_probs.size(0), B = log_probs.size(1);
-  const auto dopt = log_probs.options().dtype(at::kDouble);
-  at::Tensor loss = none ? at::full(target.sizes(), std::nan(""), log_probs.options())
-                         : at::full({T * B}, std::nan(""), dopt);
-  at::Tensor row_w = at::full({T * B}, std::nan(""), dopt);
+  const int64_t T = log_probs.size(0);
+  RowBuffers f(log_probs, target, none);
   int64_t bad = kNoBadRow;
   dispatch(log_probs, target, [&](auto s, auto i) {
     using scalar_t = decltype(s);
@@ -70,16 +88,14 @@ std::tuple<at::Tensor, at::Tensor, int64_t> nll_forward(const at::Tensor& log_pr
     const auto tg = targets<scalar_t, index_t>(log_probs, target, weight, ignore_index, tbf);
     const scalar_t* lp = log_probs.const_data_ptr<scalar_t>();
     const int64_t st = log_probs.stride(0), sb = log_probs.stride(1), sc = log_probs.stride(2);
-    scalar_t* ln = none ? loss.data_ptr<scalar_t>() : nullptr;
-    double* rl = none ? nullptr : loss.data_ptr<double>();
-    double* rw = row_w.data_ptr<double>();
+    const auto out = f.outputs<scalar_t>(none, tbf);
     int64_t* badp = &bad;
     run(grid, [=] {
-      rnn_ext::cuda_detail::nll_forward_kernel<scalar_t, index_t>(lp, st, sb, sc, tg, T, none,
-                                                                  tbf, ln, rl, rw, badp);
+      rnn_ext::cuda_detail::nll_forward_kernel<scalar_t, index_t>(lp, st, sb, sc, tg, T, out,
+                                                                  badp);
     });
   });
-  return {loss, row_w, bad};
+  return {f.loss, f.row_w, bad};
 }
 
 // ce_forward_kernel. Returns (loss as nll_forward, row weights, lse (T, B) in the statistics
@@ -88,10 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> ce_forward(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, bool none, bool tbf, int64_t grid) {
   const int64_t T = logits.size(0), B = logits.size(1);
-  const auto dopt = logits.options().dtype(at::kDouble);
-  at::Tensor loss = none ? at::full(target.sizes(), std::nan(""), logits.options())
-                         : at::full({T * B}, std::nan(""), dopt);
-  at::Tensor row_w = at::full({T * B}, std::nan(""), dopt);
+  RowBuffers f(logits, target, none);
   const auto stat = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor lse = at::full({T, B}, std::nan(""), logits.options().dtype(stat));
   int64_t bad = kNoBadRow;
@@ -102,17 +115,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> ce_forward(
     const auto tg = targets<scalar_t, index_t>(logits, target, weight, ignore_index, tbf);
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
     const int64_t st = logits.stride(0), sb = logits.stride(1), sc = logits.stride(2);
-    scalar_t* ln = none ? loss.data_ptr<scalar_t>() : nullptr;
-    double* rl = none ? nullptr : loss.data_ptr<double>();
-    double* rw = row_w.data_ptr<double>();
+    const auto out = f.outputs<scalar_t>(none, tbf);
     acc_t* lp = lse.data_ptr<acc_t>();
     int64_t* badp = &bad;
     run(grid, [=] {
-      rnn_ext::cuda_detail::ce_forward_kernel<scalar_t, index_t>(x, st, sb, sc, tg, T, none, tbf,
-                                                                 ln, rl, rw, lp, badp);
+      rnn_ext::cuda_detail::ce_forward_kernel<scalar_t, index_t>(x, st, sb, sc, tg, T, out, lp,
+                                                                 badp);
     });
   });
-  return {loss, row_w, lse, bad};
+  return {f.loss, f.row_w, lse, bad};
 }
 
 template <typename scalar_t>
