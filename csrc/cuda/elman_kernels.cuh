@@ -299,6 +299,29 @@ __device__ __forceinline__ ThreadRole thread_role(const PersistentArgs& a, int R
   return role;
 }
 
+// Calls f(r, c, b, j) for each output (b, j) of this thread's register tile that it finishes:
+// the KS lanes of a group, which all end tile_dot with every total, take the tile's outputs
+// round-robin (output (r, c) goes to lane ks = (r * RJ + c) % KS); outputs past (B, H) are
+// skipped. r and c are compile-time after unrolling, so f may index register arrays with them.
+template <int RB, int RJ, typename F>
+__device__ __forceinline__ void for_each_owned(const PersistentArgs& a, const ThreadRole& role,
+                                               F&& f) {
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+#pragma unroll
+    for (int c = 0; c < RJ; ++c) {
+      if ((r * RJ + c) % a.ks != role.ks) {
+        continue;
+      }
+      const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
+      const int64_t j = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
+      if (b < a.B && j < a.H) {
+        f(r, c, b, j);
+      }
+    }
+  }
+}
+
 template <typename scalar_t, int RB, int RJ>
 __global__ void __launch_bounds__(kPersistentThreads)
     persistent_forward_kernel(PersistentArgs a) {
@@ -324,47 +347,26 @@ __global__ void __launch_bounds__(kPersistentThreads)
     scalar_t* out_t = out + t * B * H;
     // This thread's inputs from the projection, loaded now so that they arrive during the
     // state tile's load and the dot products (they do not depend on the recurrence).
-    acc_t xp[RB][RJ];
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int c = 0; c < RJ; ++c) {
-        const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
-        const int64_t j = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
-        xp[r][c] = ((r * RJ + c) % a.ks == role.ks && b < B && j < H)
-                       ? static_cast<acc_t>(out_t[b * H + j])
-                       : acc_t(0);
-      }
-    }
+    acc_t xp[RB][RJ] = {};
+    for_each_owned<RB, RJ>(a, role, [&](int r, int c, int64_t b, int64_t j) {
+      xp[r][c] = static_cast<acc_t>(out_t[b * H + j]);
+    });
     load_state_tile<scalar_t, acc_t>(hs, hcur, B, H, role.b0, bt, a.ldk);
     __syncthreads();  // also orders the weight slice's load before its first use
     acc_t acc[RB][RJ];
     tile_dot<acc_t, RB, RJ>(acc, hs, ws, H, role.ks, a.ks, role.gb, a.gb, role.gj, a.gj, a.ldk,
                             a.ldj);
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int c = 0; c < RJ; ++c) {
-        if ((r * RJ + c) % a.ks != role.ks) {
-          continue;  // the KS lanes of a group share the epilogue
-        }
-        const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
-        const int64_t j = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
-        if (b >= B || j >= H) {
-          continue;
-        }
-        const int64_t i = b * H + j;
-        const acc_t y = activate<acc_t>(acc[r][c] + xp[r][c], a.act);
-        if (a.len == nullptr || t < a.len[b]) {
-          const scalar_t ys = static_cast<scalar_t>(y);
-          out_t[i] = ys;
-          hnext[i] = ys;
-        } else {
-          out_t[i] = scalar_t(0);
-          hnext[i] = load_cg(hcur + i);
-        }
+    for_each_owned<RB, RJ>(a, role, [&](int r, int c, int64_t b, int64_t j) {
+      const int64_t i = b * H + j;
+      if (a.len == nullptr || t < a.len[b]) {
+        const scalar_t ys = static_cast<scalar_t>(activate<acc_t>(acc[r][c] + xp[r][c], a.act));
+        out_t[i] = ys;
+        hnext[i] = ys;
+      } else {
+        out_t[i] = scalar_t(0);
+        hnext[i] = load_cg(hcur + i);
       }
-    }
+    });
     grid.sync();  // h_t complete everywhere; also a block barrier before hs is overwritten
   }
 }
@@ -393,23 +395,11 @@ __global__ void __launch_bounds__(kPersistentThreads)
   // Backward step 0: ga of the first visited step, with no carried gradient.
   {
     const int64_t t = step_time(0);
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int c = 0; c < RJ; ++c) {
-        if ((r * RJ + c) % a.ks != role.ks) {
-          continue;
-        }
-        const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
-        const int64_t k = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
-        if (b >= B || k >= H) {
-          continue;
-        }
-        const int64_t off = t * B * H;
-        ga[off + b * H + k] = static_cast<scalar_t>(backward_pointwise<scalar_t, acc_t>(
-            acc_t(0), gy + off, ghn, y + off, a.len, t, T, a.reverse, b, b * H + k, a.act));
-      }
-    }
+    const int64_t off = t * B * H;
+    for_each_owned<RB, RJ>(a, role, [&](int, int, int64_t b, int64_t k) {
+      ga[off + b * H + k] = static_cast<scalar_t>(backward_pointwise<scalar_t, acc_t>(
+          acc_t(0), gy + off, ghn, y + off, a.len, t, T, a.reverse, b, b * H + k, a.act));
+    });
   }
   grid.sync();
 
@@ -420,50 +410,31 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t t = step_time(u);
     const int64_t tn = step_time(u + 1);
     const int64_t off = tn * B * H;
-    acc_t gyv[RB][RJ];
-    acc_t yv[RB][RJ];
+    acc_t gyv[RB][RJ] = {};
+    acc_t yv[RB][RJ] = {};
     if constexpr (kPrefetch) {
-#pragma unroll
-      for (int r = 0; r < RB; ++r) {
-#pragma unroll
-        for (int c = 0; c < RJ; ++c) {
-          const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
-          const int64_t k = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
-          const bool mine = (r * RJ + c) % a.ks == role.ks && b < B && k < H;
-          gyv[r][c] = mine ? static_cast<acc_t>(gy[off + b * H + k]) : acc_t(0);
-          yv[r][c] = mine ? static_cast<acc_t>(y[off + b * H + k]) : acc_t(0);
-        }
-      }
+      for_each_owned<RB, RJ>(a, role, [&](int r, int c, int64_t b, int64_t k) {
+        gyv[r][c] = static_cast<acc_t>(gy[off + b * H + k]);
+        yv[r][c] = static_cast<acc_t>(y[off + b * H + k]);
+      });
     }
     load_state_tile<scalar_t, acc_t>(hs, ga + t * B * H, B, H, role.b0, bt, a.ldk);
     __syncthreads();
     acc_t acc[RB][RJ];  // g[b, k] = sum_j ga_t[b, j] W_hh[j, k]
     tile_dot<acc_t, RB, RJ>(acc, hs, ws, H, role.ks, a.ks, role.gb, a.gb, role.gj, a.gj, a.ldk,
                             a.ldj);
-#pragma unroll
-    for (int r = 0; r < RB; ++r) {
-#pragma unroll
-      for (int c = 0; c < RJ; ++c) {
-        if ((r * RJ + c) % a.ks != role.ks) {
-          continue;
-        }
-        const int64_t b = role.b0 + role.gb + static_cast<int64_t>(r) * a.gb;
-        const int64_t k = role.j0 + role.gj + static_cast<int64_t>(c) * a.gj;
-        if (b >= B || k >= H) {
-          continue;
-        }
-        const int64_t bh = b * H + k;
-        acc_t v;
-        if constexpr (kPrefetch) {
-          v = backward_pointwise_values<scalar_t, acc_t>(acc[r][c], gyv[r][c], yv[r][c], ghn,
-                                                         a.len, tn, T, a.reverse, b, bh, a.act);
-        } else {
-          v = backward_pointwise<scalar_t, acc_t>(acc[r][c], gy + off, ghn, y + off, a.len, tn,
-                                                  T, a.reverse, b, bh, a.act);
-        }
-        ga[off + bh] = static_cast<scalar_t>(v);
+    for_each_owned<RB, RJ>(a, role, [&](int r, int c, int64_t b, int64_t k) {
+      const int64_t bh = b * H + k;
+      acc_t v;
+      if constexpr (kPrefetch) {
+        v = backward_pointwise_values<scalar_t, acc_t>(acc[r][c], gyv[r][c], yv[r][c], ghn,
+                                                       a.len, tn, T, a.reverse, b, bh, a.act);
+      } else {
+        v = backward_pointwise<scalar_t, acc_t>(acc[r][c], gy + off, ghn, y + off, a.len, tn,
+                                                T, a.reverse, b, bh, a.act);
       }
-    }
+      ga[off + bh] = static_cast<scalar_t>(v);
+    });
     grid.sync();
   }
 }
