@@ -17,9 +17,14 @@ test) and the per-step floor of the recurrence,
 where the bytes of one step are the state read and written and the input projection read
 (3 * B * H elements; W_hh stays on chip), peak is the dense rate of the arithmetic the
 precision uses (float32 FMA 67 TFLOP/s, TF32 495, bf16 990: H100/H200 SXM datasheet),
-bandwidth 4.8 TB/s (H200 datasheet) and the grid barrier 1 us (an assumption). The time per
+bandwidth 4.8 TB/s (H200 datasheet), and the grid barrier measured on the device: one
+cooperative launch of as many blocks as the persistent kernel's plan (rnn_ext::_grid_barrier_loop,
+the same block size and barrier) timed with 2000 barriers and with none, by CUDA events; the
+floor is the mean of the forward plan's and the backward plan's. Where no plan fits, or the
+measurement fails, 1 us is assumed (each row's 'barrier_source' says which). The time per
 step reported is the forward+backward time over 2 T steps (the backward has the same
-recurrence). Datasheet rates are leads, not measurements.
+recurrence). Datasheet rates are leads, not measurements. Each row also records the plans
+(rnn_ext.ops.cuda_persistent_plan) of the forward and the backward.
 
 Usage: python benchmarks/bench_cuda.py [--json PATH] [--reps N] [--budget SECONDS] [--quick]
 Writes the results as JSON (a list of rows) and prints a table. Needs a CUDA device.
@@ -47,14 +52,15 @@ TARGETS = {(8, 512, 42, 256): 1.5, (100, 64, 512, 512): 1.0, (1000, 8, 256, 256)
 PRECISIONS = ["fp32", "fp32-tf32", "bf16"]
 PEAK_FLOPS = {"fp32": 67e12, "fp32-tf32": 495e12, "bf16": 990e12}
 BANDWIDTH = 4.8e12
-BARRIER_S = 1e-6
+BARRIER_S = 1e-6  # assumed where it cannot be measured
+BARRIER_ITERS = 2000
 
 
-def per_step_floor(B, H, precision):
+def per_step_floor(B, H, precision, barrier_s=BARRIER_S):
     elt = 2 if precision == "bf16" else 4
     flops = 2.0 * B * H * H
     bytes_ = 3.0 * B * H * elt
-    return max(BARRIER_S, flops / PEAK_FLOPS[precision], bytes_ / BANDWIDTH)
+    return max(barrier_s, flops / PEAK_FLOPS[precision], bytes_ / BANDWIDTH)
 
 
 def time_it(fn, reps, warmup):
@@ -71,6 +77,45 @@ def time_it(fn, reps, warmup):
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e-3)
     return statistics.median(times), min(times)
+
+
+_BARRIER_CACHE = {}
+
+
+def measure_grid_barrier(blocks, reps=5, warmup=2):
+    """Seconds per grid-wide barrier in one cooperative launch of `blocks` blocks of 256
+    threads: (median time with BARRIER_ITERS barriers - median time with none) / BARRIER_ITERS,
+    CUDA events. Checks that the kernel passed every barrier (its counter). Cached per blocks."""
+    if blocks in _BARRIER_CACHE:
+        return _BARRIER_CACHE[blocks]
+    op = torch.ops.rnn_ext._grid_barrier_loop
+    counter = torch.zeros(1, dtype=torch.int64, device="cuda")
+    t_none = time_it(lambda: op(counter, blocks, 0), reps, warmup)[0]
+    t_iters = time_it(lambda: op(counter, blocks, BARRIER_ITERS), reps, warmup)[0]
+    passed = int(counter.item())
+    if passed != (reps + warmup) * BARRIER_ITERS:
+        raise RuntimeError(f"grid barrier loop: counter {passed}, expected "
+                           f"{(reps + warmup) * BARRIER_ITERS}")
+    _BARRIER_CACHE[blocks] = max(t_iters - t_none, 0.0) / BARRIER_ITERS
+    return _BARRIER_CACHE[blocks]
+
+
+def plans_and_barrier(B, H, dtype):
+    """The forward and backward plans for (B, H) and the mean of their measured per-barrier
+    times: (plan_forward, plan_backward, barrier_s or None, error or None)."""
+    from rnn_ext.ops import cuda_persistent_plan
+
+    try:
+        plans = [cuda_persistent_plan(B, H, dtype, backward=bw) for bw in (False, True)]
+    except Exception as e:  # report and continue
+        return None, None, None, f"{type(e).__name__}: {e}"[:300]
+    if None in plans:
+        return plans[0], plans[1], None, "no persistent plan fits"
+    try:
+        barrier = statistics.mean(measure_grid_barrier(p["blocks"]) for p in plans)
+    except Exception as e:
+        return plans[0], plans[1], None, f"{type(e).__name__}: {e}"[:300]
+    return plans[0], plans[1], barrier, None
 
 
 def bench_shape(shape, precision, reps, warmup):
@@ -119,10 +164,14 @@ def bench_shape(shape, precision, reps, warmup):
         except Exception as e:  # report and continue: the other rows still mean something
             rows.append(dict(impl=impl, error=f"{type(e).__name__}: {e}"[:300]))
     os.environ["RNN_EXT_CUDA_PERSISTENT"] = "auto"
-    floor = per_step_floor(B, H, precision)
+    plan_fwd, plan_bwd, barrier, barrier_error = plans_and_barrier(B, H, dtype)
+    floor = per_step_floor(B, H, precision, BARRIER_S if barrier is None else barrier)
     cudnn_t = rows[0].get("median_s")
     for r in rows:
         r.update(T=T, B=B, I=I, H=H, precision=precision, tf32=tf32, floor_per_step_s=floor,
+                 barrier_s=BARRIER_S if barrier is None else barrier,
+                 barrier_source="assumed" if barrier is None else "measured",
+                 barrier_error=barrier_error, plan_forward=plan_fwd, plan_backward=plan_bwd,
                  target_speedup=TARGETS.get(tuple(shape)))
         if "median_s" in r:
             r["per_step_s"] = r["median_s"] / (2 * T)
@@ -180,7 +229,8 @@ def print_table(results):
     print(f"\n{results['device']}  torch {results['torch']}  CUDA {results['cuda']}  "
           f"cuDNN {results['cudnn']}")
     print(f"{'shape (T,B,I,H)':<22}{'prec':<10}{'impl':<8}{'ms':>9}{'x cuDNN':>9}"
-          f"{'target':>7}{'us/step':>9}{'floor us':>9}{'rel diff':>10}")
+          f"{'target':>7}{'us/step':>9}{'floor us':>9}{'rel diff':>10}{'barrier us':>11}"
+          f"{'blocks f/b':>11}")
     for r in results["rows"]:
         shape = f"{r['T']},{r['B']},{r['I']},{r['H']}"
         if "error" in r:
@@ -190,9 +240,18 @@ def print_table(results):
         print(f"{shape:<22}{r['precision']:<10}{r['impl']:<8}{r['median_s'] * 1e3:>9.3f}"
               f"{(sp if sp else math.nan):>9.2f}{(r['target_speedup'] or math.nan):>7.1f}"
               f"{r['per_step_s'] * 1e6:>9.2f}{r['floor_per_step_s'] * 1e6:>9.2f}"
-              f"{math.nan if r['rel_diff_vs_cudnn'] is None else r['rel_diff_vs_cudnn']:>10.1e}")
+              f"{math.nan if r['rel_diff_vs_cudnn'] is None else r['rel_diff_vs_cudnn']:>10.1e}"
+              f"{r['barrier_s'] * 1e6:>10.2f}{'' if r['barrier_source'] == 'measured' else '*':1}"
+              f"{_blocks(r):>11}")
     for s in results["skipped"]:
         print(f"skipped (time budget): {s}")
+    print("barrier us: measured at the plans' grids (* = assumed, no measurement); blocks f/b: "
+          "the forward / backward plan's grid")
+
+
+def _blocks(r):
+    f, b = r.get("plan_forward"), r.get("plan_backward")
+    return f"{f['blocks'] if f else '-'}/{b['blocks'] if b else '-'}"
 
 
 if __name__ == "__main__":

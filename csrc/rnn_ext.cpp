@@ -70,4 +70,14 @@ TORCH_LIBRARY(rnn_ext, m) {
       "seq_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
       "int ignore_index, str reduction, bool target_batch_first, Tensor lse, "
       "Tensor total_weight) -> Tensor");
+
+  // Diagnostics of the persistent CUDA kernels (CUDA kernels only; used by
+  // rnn_ext.ops.cuda_persistent_plan and benchmarks/bench_cuda.py).
+  // The launch plan for a (B, H) problem in like's dtype on like's device (like's values are not
+  // read): [ok, rb, rj, ks, gb, gj, bt, jt, nbt, njt, padded, smem bytes] (persistent_plan.h);
+  // all 0 when no plan fits.
+  m.def("_persistent_plan(Tensor like, int B, int H, bool backward) -> int[]");
+  // One cooperative launch of `blocks` blocks that passes `iters` grid-wide barriers and adds
+  // iters to counter[0] (int64): the barrier's cost, timed alone.
+  m.def("_grid_barrier_loop(Tensor(a!) counter, int blocks, int iters) -> ()");
 }

@@ -21,7 +21,7 @@ from torch import Tensor
 
 
 __all__ = ["elman_rnn", "elman_cell", "has_cuda_kernels", "set_cuda_persistent",
-           "get_cuda_persistent"]
+           "get_cuda_persistent", "cuda_persistent_plan"]
 
 LengthsLike = Union[Tensor, Sequence[int], None]
 
@@ -194,8 +194,9 @@ def set_cuda_persistent(mode: str) -> None:
 
     The plan fits when all of W_hh, in the accumulation type (float32 for float32 / float16 /
     bfloat16, float64 for float64), and each block's slice of the state fit in the shared
-    memory of blocks that can all be resident at once (on an H200 up to about H = 2048, float64
-    about 1408, at small batch; less as the batch grows). See ``csrc/cuda/elman_cuda.cu``.
+    memory of blocks that can all be resident at once (estimated for an H200: up to about
+    H = 2112 at B <= 8, 1056 at B = 64, 512 at B = 512; float64 about half as far). See
+    ``csrc/cuda/elman_cuda.cu``; :func:`cuda_persistent_plan` tells for a given shape.
 
     Raises:
         ValueError: ``mode`` is not one of the values above.
@@ -214,3 +215,56 @@ def get_cuda_persistent() -> str:
     import os
 
     return os.environ.get("RNN_EXT_CUDA_PERSISTENT", "") or "auto"
+
+
+_PLAN_FIELDS = ("rb", "rj", "ks", "gb", "gj", "bt", "jt", "nbt", "njt", "padded", "smem")
+
+
+def cuda_persistent_plan(B: int, H: int, dtype: torch.dtype = torch.float32, *,
+                         backward: bool = False,
+                         device: Union[torch.device, str, int, None] = None) -> Optional[dict]:
+    """The launch plan of the persistent CUDA kernel for batch ``B`` and hidden size ``H``, or
+    ``None`` when no plan fits the device (the cuBLAS step loop then runs; see
+    :func:`set_cuda_persistent`).
+
+    It is the plan :func:`elman_rnn`'s forward (``backward=False``) or backward
+    (``backward=True``) launches for any ``T`` and ``input_size`` (the mode allowing): a dict of
+    ints with the per-thread register tile ``rb`` x ``rj``, the K-split ``ks`` (lanes per dot
+    product), the output groups per block ``gb`` x ``gj``, the block tile ``bt`` (batch rows)
+    x ``jt`` (hidden columns), the grid ``nbt`` x ``njt`` blocks (``blocks`` = their product, of
+    256 threads each), ``padded`` (1 when the shared-memory layout is padded against bank
+    conflicts) and ``smem`` (bytes of dynamic shared memory per block). The layout is that of
+    ``csrc/cuda/persistent_plan.h``.
+
+    Args:
+        B: batch size, >= 1.
+        H: hidden size, >= 1.
+        dtype: float32, float64, float16 or bfloat16.
+        backward: the backward kernel's plan instead of the forward's.
+        device: a CUDA device (default: the current one).
+
+    Raises:
+        ValueError: ``B`` or ``H`` < 1, ``dtype`` not a floating dtype above, or ``device`` not
+            a CUDA device.
+        RuntimeError: this build of rnn_ext has no CUDA kernels, or no CUDA device is present.
+    """
+    if not has_cuda_kernels():
+        raise RuntimeError("cuda_persistent_plan: this build of rnn_ext has no CUDA kernels "
+                           "(rnn_ext.has_cuda_kernels() is False)")
+    if not torch.cuda.is_available():
+        raise RuntimeError("cuda_persistent_plan: no CUDA device is available")
+    dev = torch.device("cuda") if device is None else torch.device(device)
+    if dev.type != "cuda":
+        raise ValueError(f"cuda_persistent_plan: device must be a CUDA device, got {dev}")
+    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise ValueError(f"cuda_persistent_plan: dtype must be float32, float64, float16 or "
+                         f"bfloat16, got {dtype}")
+    if int(B) < 1 or int(H) < 1:
+        raise ValueError(f"cuda_persistent_plan: B and H must be >= 1, got B = {B}, H = {H}")
+    like = torch.empty(0, dtype=dtype, device=dev)
+    v = torch.ops.rnn_ext._persistent_plan(like, int(B), int(H), bool(backward))
+    if not v[0]:
+        return None
+    plan = dict(zip(_PLAN_FIELDS, (int(x) for x in v[1:])))
+    plan["blocks"] = plan["nbt"] * plan["njt"]
+    return plan

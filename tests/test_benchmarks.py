@@ -211,3 +211,39 @@ def test_device_check_script_is_valid_bash():
     for script in ("device_check.sh", "run_gpu_benchmarks.sh", "run_cpu_benchmarks.sh"):
         r = subprocess.run(["bash", "-n", str(BENCH / script)], capture_output=True, text=True)
         assert r.returncode == 0, (script, r.stderr)
+
+
+def test_bench_cuda_floor_and_table(capsys):
+    """bench_cuda.py's per-step floor and table (the GPU run prints it last; a formatting
+    error there would lose the device run's summary): rows with a measured and an assumed
+    barrier, plans or none, and an error row."""
+    import bench_cuda
+
+    B, H = 64, 512
+    flops_s = 2.0 * B * H * H / bench_cuda.PEAK_FLOPS["fp32"]
+    assert bench_cuda.per_step_floor(B, H, "fp32", barrier_s=0.0) == pytest.approx(flops_s)
+    assert bench_cuda.per_step_floor(B, H, "fp32", barrier_s=1.0) == 1.0
+    bytes_s = 3.0 * 1 * 8 * 2 / bench_cuda.BANDWIDTH
+    assert bench_cuda.per_step_floor(1, 8, "bf16", barrier_s=0.0) == pytest.approx(bytes_s)
+    plan = dict(rb=1, rj=2, ks=4, gb=8, gj=8, bt=8, jt=16, nbt=8, njt=32, padded=1, smem=1,
+                blocks=256)
+    base = dict(T=100, B=B, I=512, H=H, precision="fp32", tf32=False, target_speedup=1.0,
+                floor_per_step_s=2e-6)
+    rows = [
+        dict(base, impl="cudnn", median_s=2e-3, min_s=2e-3, rel_diff_vs_cudnn=0.0,
+             per_step_s=1e-5, speedup_vs_cudnn=1.0, barrier_s=1.5e-6, barrier_source="measured",
+             plan_forward=plan, plan_backward=dict(plan, blocks=128)),
+        dict(base, impl="persist", error="RuntimeError: no plan"),
+        dict(base, impl="cublas", median_s=4e-3, min_s=4e-3, rel_diff_vs_cudnn=None,
+             per_step_s=2e-5, speedup_vs_cudnn=0.5, barrier_s=1e-6, barrier_source="assumed",
+             plan_forward=None, plan_backward=None),
+    ]
+    bench_cuda.print_table(dict(device="GPU", torch="x", cuda="13.0", cudnn=1, rows=rows,
+                                skipped=[dict(shape=[1, 1, 1, 1], precision="bf16")]))
+    out = capsys.readouterr().out.splitlines()
+    cudnn = next(line for line in out if " cudnn " in line)
+    assert cudnn.split()[-2:] == ["1.50", "256/128"]
+    cublas = next(line for line in out if " cublas " in line)
+    assert cublas.split()[-2:] == ["1.00*", "-/-"] and " nan " in f" {cublas} "
+    assert any("ERROR RuntimeError: no plan" in line for line in out)
+    assert any(line.startswith("skipped (time budget)") for line in out)

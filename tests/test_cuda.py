@@ -343,6 +343,69 @@ def test_require_reports_when_no_plan_fits(monkeypatch):
     assert rel_err(out, ref_out) < 1e-12
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,H", [(512, 256), (64, 512), (8, 256), (64, 1024), (1, 1), (3, 37)])
+def test_cuda_persistent_plan(dtype, B, H):
+    """The plan the planner reports is one the device can run (its grid resident at once, its
+    shared memory within the block's limit, its tiles covering B x H), and with it `require`
+    runs the persistent kernel; where no plan is reported, `require` raises."""
+    prop = torch.cuda.get_device_properties(0)
+    for backward in (False, True):
+        plan = ops.cuda_persistent_plan(B, H, dtype, backward=backward)
+        if plan is None:
+            assert dtype == torch.float64 and B * H >= 64 * 1024, (
+                f"no plan for {dtype}, B = {B}, H = {H}, where the estimated limits "
+                f"(csrc/cuda/README.md) have one")
+            continue
+        assert plan["blocks"] == plan["nbt"] * plan["njt"] <= 4 * prop.multi_processor_count
+        assert plan["bt"] == plan["gb"] * plan["rb"] and plan["jt"] == plan["gj"] * plan["rj"]
+        assert plan["gb"] * plan["gj"] * plan["ks"] == 256
+        assert plan["nbt"] * plan["bt"] >= B > (plan["nbt"] - 1) * plan["bt"]
+        assert plan["njt"] * plan["jt"] >= H > (plan["njt"] - 1) * plan["jt"]
+        elt = 8 if dtype == torch.float64 else 4
+        assert H * plan["jt"] * elt <= plan["smem"] <= prop.shared_memory_per_block_optin
+    args = [to(a, "cuda") for a in make_args(2, B, 3, H, dtype)]
+    fits = ops.cuda_persistent_plan(B, H, dtype) is not None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RNN_EXT_CUDA_PERSISTENT", "require")
+        if fits:
+            rnn_ext.elman_rnn(*args)
+        else:
+            with pytest.raises(RuntimeError, match="persistent kernel cannot run"):
+                rnn_ext.elman_rnn(*args)
+
+
+def test_cuda_persistent_plan_errors():
+    assert ops.cuda_persistent_plan(2, 4096, torch.float64) is None  # 128 MiB of W_hh
+    with pytest.raises(ValueError, match="device must be a CUDA device, got cpu"):
+        ops.cuda_persistent_plan(2, 8, device="cpu")
+    with pytest.raises(ValueError, match="dtype must be float32.*got torch.int64"):
+        ops.cuda_persistent_plan(2, 8, torch.int64)
+    with pytest.raises(ValueError, match="B and H must be >= 1, got B = 0, H = 8"):
+        ops.cuda_persistent_plan(0, 8)
+
+
+def test_grid_barrier_loop():
+    """The barrier microbenchmark of bench_cuda.py passes every barrier (its counter), on the
+    largest grid the device keeps resident too, and rejects what it cannot launch."""
+    op = torch.ops.rnn_ext._grid_barrier_loop
+    counter = torch.zeros(1, dtype=torch.int64, device="cuda")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    op(counter, 1, 5)
+    op(counter, sms, 1000)
+    op(counter, sms, 0)
+    assert counter.item() == 1005
+    with pytest.raises(ValueError, match=r"blocks must be in \[1, \d+\].*got 0"):
+        op(counter, 0, 1)
+    with pytest.raises(ValueError, match=r"blocks must be in \[1, \d+\].*got 1000000"):
+        op(counter, 1_000_000, 1)
+    with pytest.raises(ValueError, match="iters must be >= 0, got -1"):
+        op(counter, 1, -1)
+    with pytest.raises(ValueError, match="counter must be a contiguous int64 tensor"):
+        op(counter.float(), 1, 1)
+    assert counter.item() == 1005
+
+
 def test_bad_mode_value(monkeypatch):
     monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "fast")
     args = [to(a, "cuda") for a in make_args(2, 2, 3, 4, torch.float32)]

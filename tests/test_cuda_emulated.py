@@ -396,6 +396,14 @@ def test_pointwise_step_kernels(emu, dtype, with_lengths):
                 torch.testing.assert_close(ga.double(), ref, rtol=tol, atol=tol * scale)
 
 
+def test_grid_barrier_kernel(emu):
+    """The barrier microbenchmark's kernel (rnn_ext::_grid_barrier_loop) passes every barrier,
+    on one block and on several, and counts them once."""
+    assert emu.grid_barrier(1, 3) == 3
+    assert emu.grid_barrier(5, 7) == 7
+    assert emu.grid_barrier(4, 0) == 0
+
+
 def test_emulation_catches_kernel_defects(emu):
     """The emulation is a test that can fail: a barrier only half a block reaches, a write past
     the shared memory, a read of shared memory with no barrier after the write, lanes that

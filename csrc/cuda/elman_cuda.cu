@@ -69,6 +69,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "elman.h"
 #include "elman_kernels.cuh"  // the device code: pointwise and persistent kernels
@@ -462,6 +463,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
   return {gx.squeeze(0), ghx, gwih, gwhh, gb};
 }
 
+// ---------------------------------------------------------------------------------------------
+// Diagnostics of the persistent path (schemas and their contracts: csrc/rnn_ext.cpp).
+
+// The plan the persistent kernel would launch for (B, H) in like's dtype on like's device:
+// [ok, rb, rj, ks, gb, gj, bt, jt, nbt, njt, padded, smem bytes]; all zero but ok = 0 when no
+// plan fits. The same cached plan elman_forward / elman_backward take.
+std::vector<int64_t> persistent_plan_cuda(const at::Tensor& like, int64_t B, int64_t H,
+                                          bool backward) {
+  const char* op = "rnn_ext::_persistent_plan";
+  TORCH_CHECK_VALUE(B >= 1 && H >= 1, op, ": B and H must be >= 1, got B = ", B, ", H = ", H);
+  const c10::cuda::CUDAGuard guard(like.device());
+  const Plan p = cached_plan(like.scalar_type(), B, H, backward);
+  if (!p.ok) {
+    return std::vector<int64_t>(12, 0);
+  }
+  return {1, p.rb, p.rj, p.ks, p.gb, p.gj, p.bt, p.jt, p.nbt, p.njt, p.padded ? 1 : 0,
+          static_cast<int64_t>(p.smem)};
+}
+
+// One cooperative launch of `blocks` blocks of the persistent kernels' size that passes
+// `iters` grid-wide barriers and adds iters to counter[0] (int64, CUDA, one element or more).
+void grid_barrier_loop_cuda(const at::Tensor& counter, int64_t blocks, int64_t iters) {
+  const char* op = "rnn_ext::_grid_barrier_loop";
+  TORCH_CHECK_VALUE(counter.scalar_type() == at::kLong && counter.numel() >= 1 &&
+                        counter.is_contiguous(),
+                    op, ": counter must be a contiguous int64 tensor with at least one element, "
+                    "got dtype ", counter.scalar_type(), ", shape ", counter.sizes());
+  TORCH_CHECK_VALUE(iters >= 0, op, ": iters must be >= 0, got ", iters);
+  const c10::cuda::CUDAGuard guard(counter.device());
+  const cudaDeviceProp* prop = current_device_properties();
+  TORCH_CHECK(prop->cooperativeLaunch, op, ": the device does not support cooperative launches");
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, reinterpret_cast<const void*>(&grid_barrier_kernel), kPersistentThreads, 0));
+  const int64_t max_blocks = static_cast<int64_t>(per_sm) * prop->multiProcessorCount;
+  TORCH_CHECK_VALUE(blocks >= 1 && blocks <= max_blocks, op, ": blocks must be in [1, ",
+                    max_blocks, "] (the blocks of ", kPersistentThreads,
+                    " threads resident at once on this device), got ", blocks);
+  int64_t* counter_ptr = counter.mutable_data_ptr<int64_t>();
+  void* kargs[] = {&counter_ptr, &iters};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&grid_barrier_kernel),
+                                             dim3(static_cast<unsigned>(blocks)),
+                                             dim3(kPersistentThreads), kargs, 0,
+                                             c10::cuda::getCurrentCUDAStream()));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
@@ -469,6 +516,8 @@ TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
   m.impl("elman_backward", &elman_backward_cuda);
   m.impl("elman_cell_forward", &elman_cell_forward_cuda);
   m.impl("elman_cell_backward", &elman_cell_backward_cuda);
+  m.impl("_persistent_plan", &persistent_plan_cuda);
+  m.impl("_grid_barrier_loop", &grid_barrier_loop_cuda);
 }
 
 }  // namespace rnn_ext

@@ -439,5 +439,23 @@ __global__ void __launch_bounds__(kPersistentThreads)
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Diagnostics: the cost of the persistent kernels' grid-wide barrier alone.
+
+// `iters` grid-wide barriers, as the persistent kernels meet once per step (the same block
+// size, the same cooperative_groups barrier), then block 0's thread 0 adds `iters` to
+// counter[0], so a caller can check that every barrier was passed. Timed by
+// benchmarks/bench_cuda.py (through rnn_ext::_grid_barrier_loop) at the grid a plan launches.
+__global__ void __launch_bounds__(kPersistentThreads)
+    grid_barrier_kernel(int64_t* counter, int64_t iters) {
+  cg::grid_group grid = cg::this_grid();
+  for (int64_t i = 0; i < iters; ++i) {
+    grid.sync();
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    counter[0] += iters;
+  }
+}
+
 }  // namespace cuda_detail
 }  // namespace rnn_ext

@@ -266,6 +266,19 @@ at::Tensor selftest(const std::string& kind) {
   return out;
 }
 
+// grid_barrier_kernel (the barrier microbenchmark of rnn_ext::_grid_barrier_loop) on `blocks`
+// blocks: returns the counter, which starts at 0.
+int64_t grid_barrier(int64_t blocks, int64_t iters) {
+  int64_t counter = 0;
+  int64_t* ptr = &counter;
+  {
+    py::gil_scoped_release no_gil;
+    cuda_emu::launch(static_cast<unsigned>(blocks), kPersistentThreads, 0,
+                     [ptr, iters] { rnn_ext::cuda_detail::grid_barrier_kernel(ptr, iters); });
+  }
+  return counter;
+}
+
 }  // namespace
 
 void register_seq_nll(py::module& m);  // seq_nll_emu.cpp
@@ -291,6 +304,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("persistent_backward", &persistent_backward, py::arg("grad_output"), py::arg("output"),
         py::arg("grad_h_n"), py::arg("weight_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("act"), py::arg("plan"));
+  m.def("grid_barrier", &grid_barrier, py::arg("blocks"), py::arg("iters"));
   m.def("forward_step", &forward_step, py::arg("out_t"), py::arg("h"), py::arg("lengths"),
         py::arg("t"), py::arg("act"), py::arg("grid"), py::arg("block"));
   m.def("backward_step", &backward_step, py::arg("gy_t"), py::arg("g_carry"),
