@@ -15,9 +15,12 @@ test) and the per-step floor of the recurrence,
     floor = max(grid barrier, 2 * B * H^2 flops / peak, bytes / bandwidth)   per step,
 
 where the bytes of one step are the state read and written and the input projection read
-(3 * B * H elements; W_hh stays on chip), peak is the dense rate of the arithmetic the
-precision uses (float32 FMA 67 TFLOP/s, TF32 495, bf16 990: H100/H200 SXM datasheet),
-bandwidth 4.8 TB/s (H200 datasheet), and the grid barrier measured on the device: one
+(3 * B * H elements; W_hh stays on chip), and the ceilings are measured once per run on the
+device (METHOD.md's advice): peak = the rate of an 8192^3 torch.mm in the precision (float32
+with TF32 off, with TF32 on, bfloat16), bandwidth = bytes read plus written by a 1 GiB
+device-to-device copy; the datasheet figures (float32 FMA 67 TFLOP/s, TF32 495, bf16 990,
+4.8 TB/s: H100/H200 SXM) are kept beside them and used only if a measurement fails. The grid
+barrier is measured on the device too: one
 cooperative launch of as many blocks as the persistent kernel's plan (rnn_ext::_grid_barrier_loop,
 the same block size and barrier) timed with 2000 barriers and with none, by CUDA events; the
 floor is the mean of the forward plan's and the backward plan's. Where no plan fits, or the
@@ -56,11 +59,44 @@ BARRIER_S = 1e-6  # assumed where it cannot be measured
 BARRIER_ITERS = 2000
 
 
-def per_step_floor(B, H, precision, barrier_s=BARRIER_S):
+def per_step_floor(B, H, precision, barrier_s=BARRIER_S, peak_flops=None, bandwidth=None):
+    """Seconds: max(barrier, 2 B H^2 / peak, 3 B H elements / bandwidth) for one step; peak
+    (flop/s) and bandwidth (bytes/s) default to the datasheet figures."""
     elt = 2 if precision == "bf16" else 4
     flops = 2.0 * B * H * H
     bytes_ = 3.0 * B * H * elt
-    return max(barrier_s, flops / PEAK_FLOPS[precision], bytes_ / BANDWIDTH)
+    peak = PEAK_FLOPS[precision] if peak_flops is None else peak_flops
+    bw = BANDWIDTH if bandwidth is None else bandwidth
+    return max(barrier_s, flops / peak, bytes_ / bw)
+
+
+def measure_ceilings(n_copy=1 << 28, n_mm=8192):
+    """The device's ceilings, measured: {"bandwidth": bytes/s (read + write) of a copy of
+    n_copy float32 elements, "peak_flops": {precision: flop/s of an n_mm^3 torch.mm}}, CUDA
+    events, medians; random data (never zeros). TF32 settings are restored."""
+    out = {"bandwidth": None, "peak_flops": {}, "errors": []}
+    try:
+        src = torch.randn(n_copy, device="cuda")
+        dst = torch.empty_like(src)
+        t = time_it(lambda: dst.copy_(src), 10, 3)[0]
+        out["bandwidth"] = 2.0 * src.numel() * src.element_size() / t
+    except Exception as e:  # report and continue: the datasheet figure stands in
+        out["errors"].append(f"copy: {type(e).__name__}: {e}"[:200])
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        for precision in PRECISIONS:
+            torch.backends.cuda.matmul.allow_tf32 = precision == "fp32-tf32"
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            try:
+                a = torch.randn(n_mm, n_mm, device="cuda", dtype=dtype)
+                b = torch.randn(n_mm, n_mm, device="cuda", dtype=dtype)
+                t = time_it(lambda: torch.mm(a, b), 5, 2)[0]
+                out["peak_flops"][precision] = 2.0 * n_mm ** 3 / t
+            except Exception as e:
+                out["errors"].append(f"mm {precision}: {type(e).__name__}: {e}"[:200])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    return out
 
 
 def time_it(fn, reps, warmup):
@@ -118,7 +154,7 @@ def plans_and_barrier(B, H, dtype):
     return plans[0], plans[1], barrier, None
 
 
-def bench_shape(shape, precision, reps, warmup):
+def bench_shape(shape, precision, reps, warmup, ceilings=None):
     import rnn_ext
 
     T, B, I, H = shape
@@ -165,7 +201,10 @@ def bench_shape(shape, precision, reps, warmup):
             rows.append(dict(impl=impl, error=f"{type(e).__name__}: {e}"[:300]))
     os.environ["RNN_EXT_CUDA_PERSISTENT"] = "auto"
     plan_fwd, plan_bwd, barrier, barrier_error = plans_and_barrier(B, H, dtype)
-    floor = per_step_floor(B, H, precision, BARRIER_S if barrier is None else barrier)
+    ceilings = ceilings or {}
+    floor = per_step_floor(B, H, precision, BARRIER_S if barrier is None else barrier,
+                           ceilings.get("peak_flops", {}).get(precision),
+                           ceilings.get("bandwidth"))
     cudnn_t = rows[0].get("median_s")
     for r in rows:
         r.update(T=T, B=B, I=I, H=H, precision=precision, tf32=tf32, floor_per_step_s=floor,
@@ -205,6 +244,10 @@ def main(argv=None):
                    timing="CUDA events around each forward+backward, median of the repetitions "
                           "after warm-up; TF32 as each row's 'tf32' says (cuDNN and cuBLAS alike)",
                    rows=[], skipped=[])
+    ceilings = measure_ceilings()
+    results["ceilings"] = dict(measured=ceilings,
+                               datasheet=dict(peak_flops=PEAK_FLOPS, bandwidth=BANDWIDTH))
+    print(f"ceilings: {json.dumps(results['ceilings'])}", flush=True)
     for precision in PRECISIONS:
         for shape in shapes:
             if time.time() - t0 > args.budget:
@@ -212,7 +255,7 @@ def main(argv=None):
                 continue
             T = shape[0]
             reps = max(3, args.reps if T * shape[3] <= 256 * 1000 else args.reps // 2)
-            rows = bench_shape(shape, precision, reps, args.warmup)
+            rows = bench_shape(shape, precision, reps, args.warmup, ceilings)
             results["rows"].extend(rows)
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=1)
@@ -245,6 +288,11 @@ def print_table(results):
               f"{_blocks(r):>11}")
     for s in results["skipped"]:
         print(f"skipped (time budget): {s}")
+    measured = results.get("ceilings", {}).get("measured") or {}
+    peaks = ", ".join(f"{k} {v / 1e12:.0f}" for k, v in measured.get("peak_flops", {}).items())
+    bw = measured.get("bandwidth")
+    print(f"floor ceilings (measured): mm TFLOP/s {peaks or '-'}; copy "
+          f"{'-' if bw is None else f'{bw / 1e12:.2f}'} TB/s (datasheet where '-')")
     print("barrier us: measured at the plans' grids (* = assumed, no measurement); blocks f/b: "
           "the forward / backward plan's grid")
 

@@ -238,8 +238,13 @@ def test_bench_cuda_floor_and_table(capsys):
              per_step_s=2e-5, speedup_vs_cudnn=0.5, barrier_s=1e-6, barrier_source="assumed",
              plan_forward=None, plan_backward=None),
     ]
+    assert bench_cuda.per_step_floor(B, H, "fp32", 0.0, peak_flops=1e12) == pytest.approx(
+        2.0 * B * H * H / 1e12)
+    assert bench_cuda.per_step_floor(1, 8, "bf16", 0.0, bandwidth=1.0) == pytest.approx(48.0)
     bench_cuda.print_table(dict(device="GPU", torch="x", cuda="13.0", cudnn=1, rows=rows,
-                                skipped=[dict(shape=[1, 1, 1, 1], precision="bf16")]))
+                                skipped=[dict(shape=[1, 1, 1, 1], precision="bf16")],
+                                ceilings=dict(measured=dict(bandwidth=4.2e12, peak_flops={
+                                    "fp32": 5.1e13, "bf16": 7.0e14}))))
     out = capsys.readouterr().out.splitlines()
     cudnn = next(line for line in out if " cudnn " in line)
     assert cudnn.split()[-2:] == ["1.50", "256/128"]
@@ -247,3 +252,4 @@ def test_bench_cuda_floor_and_table(capsys):
     assert cublas.split()[-2:] == ["1.00*", "-/-"] and " nan " in f" {cublas} "
     assert any("ERROR RuntimeError: no plan" in line for line in out)
     assert any(line.startswith("skipped (time budget)") for line in out)
+    assert "mm TFLOP/s fp32 51, bf16 700; copy 4.20 TB/s" in out[-2]
