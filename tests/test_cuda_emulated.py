@@ -46,16 +46,39 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+STALE_LOCK_S = 15 * 60  # a build of the module takes about a minute, 3 on a busy machine
+
+
 @pytest.fixture(scope="module")
 def emu():
-    """The emulation module, built once (torch.utils.cpp_extension.load, ~1 min cold)."""
+    """The emulation module, built once (torch.utils.cpp_extension.load, ~1 min cold), in a
+    build directory of its own per torch version: torch up to 2.13 or so waits while a file
+    named `lock` exists there (FileBaton), newer torch leaves that file behind after every
+    build (it holds an OS lock on it instead), so a shared directory made the older torch wait
+    forever. Where the torch in use waits on the file, a lock older than STALE_LOCK_S (left by
+    a build killed midway) is removed, with a warning."""
+    import time
+    import warnings
+
+    from torch.utils import cpp_extension
     from torch.utils.cpp_extension import load
 
+    name = "rnn_ext_cuda_emu"
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch_extensions")
+    build_dir = Path(root) / f"{name}_torch{torch.__version__.replace('+', '_')}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    lock = build_dir / "lock"
+    waits_on_file = hasattr(cpp_extension, "FileBaton")
+    if waits_on_file and lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        warnings.warn(f"removing a stale build lock {lock} (a build killed midway?)")
+        lock.unlink(missing_ok=True)
     return load(
-        name="rnn_ext_cuda_emu",
+        name=name,
         sources=[str(EMU_DIR / "elman_emu.cpp"), str(EMU_DIR / "seq_nll_emu.cpp")],
         extra_include_paths=[str(CSRC)],
         extra_cflags=["-O2", "-Wno-unknown-pragmas"],
+        build_directory=str(build_dir),
         verbose=os.environ.get("RNN_EXT_EMU_VERBOSE", "0") not in ("", "0"),
     )
 
