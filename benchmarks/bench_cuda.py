@@ -21,8 +21,9 @@ with TF32 off, with TF32 on, bfloat16), bandwidth = bytes read plus written by a
 device-to-device copy; the datasheet figures (float32 FMA 67 TFLOP/s, TF32 495, bf16 990,
 4.8 TB/s: H100/H200 SXM) are kept beside them and used only if a measurement fails. The grid
 barrier is measured on the device too: one
-cooperative launch of as many blocks as the persistent kernel's plan (rnn_ext::_grid_barrier_loop,
-the same block size and barrier) timed with 2000 barriers and with none, by CUDA events; the
+cooperative launch of as many blocks as the persistent kernel's plan, with its shared memory
+(rnn_ext::_grid_barrier_loop: the same block size and barrier, each barrier checked) timed with
+2000 barriers and with none, by CUDA events; the
 floor is the mean of the forward plan's and the backward plan's. Where no plan fits, or the
 measurement fails, 1 us is assumed (each row's 'barrier_source' says which). The time per
 step reported is the forward+backward time over 2 T steps (the backward has the same
@@ -118,22 +119,25 @@ def time_it(fn, reps, warmup):
 _BARRIER_CACHE = {}
 
 
-def measure_grid_barrier(blocks, reps=5, warmup=2):
+def measure_grid_barrier(blocks, smem=0, reps=5, warmup=2):
     """Seconds per grid-wide barrier in one cooperative launch of `blocks` blocks of 256
-    threads: (median time with BARRIER_ITERS barriers - median time with none) / BARRIER_ITERS,
-    CUDA events. Checks that the kernel passed every barrier (its counter). Cached per blocks."""
-    if blocks in _BARRIER_CACHE:
-        return _BARRIER_CACHE[blocks]
+    threads with `smem` bytes of shared memory each (placed on the SMs as the plan's kernel):
+    (median time with BARRIER_ITERS barriers - median time with none) / BARRIER_ITERS, CUDA
+    events. Raises if the kernel's counter is off or an epoch check failed (a barrier that did
+    not hold). Cached per (blocks, smem)."""
+    key = (blocks, smem)
+    if key in _BARRIER_CACHE:
+        return _BARRIER_CACHE[key]
     op = torch.ops.rnn_ext._grid_barrier_loop
-    counter = torch.zeros(1, dtype=torch.int64, device="cuda")
-    t_none = time_it(lambda: op(counter, blocks, 0), reps, warmup)[0]
-    t_iters = time_it(lambda: op(counter, blocks, BARRIER_ITERS), reps, warmup)[0]
-    passed = int(counter.item())
-    if passed != (reps + warmup) * BARRIER_ITERS:
-        raise RuntimeError(f"grid barrier loop: counter {passed}, expected "
-                           f"{(reps + warmup) * BARRIER_ITERS}")
-    _BARRIER_CACHE[blocks] = max(t_iters - t_none, 0.0) / BARRIER_ITERS
-    return _BARRIER_CACHE[blocks]
+    counter = torch.zeros(2, dtype=torch.int64, device="cuda")
+    t_none = time_it(lambda: op(counter, blocks, 0, smem), reps, warmup)[0]
+    t_iters = time_it(lambda: op(counter, blocks, BARRIER_ITERS, smem), reps, warmup)[0]
+    passed, failed = counter.tolist()
+    if passed != (reps + warmup) * BARRIER_ITERS or failed != 0:
+        raise RuntimeError(f"grid barrier loop: {passed} barriers counted, expected "
+                           f"{(reps + warmup) * BARRIER_ITERS}; {failed} epoch checks failed")
+    _BARRIER_CACHE[key] = max(t_iters - t_none, 0.0) / BARRIER_ITERS
+    return _BARRIER_CACHE[key]
 
 
 def plans_and_barrier(B, H, dtype):
@@ -148,7 +152,7 @@ def plans_and_barrier(B, H, dtype):
     if None in plans:
         return plans[0], plans[1], None, "no persistent plan fits"
     try:
-        barrier = statistics.mean(measure_grid_barrier(p["blocks"]) for p in plans)
+        barrier = statistics.mean(measure_grid_barrier(p["blocks"], p["smem"]) for p in plans)
     except Exception as e:
         return plans[0], plans[1], None, f"{type(e).__name__}: {e}"[:300]
     return plans[0], plans[1], barrier, None

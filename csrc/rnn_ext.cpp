@@ -77,7 +77,8 @@ TORCH_LIBRARY(rnn_ext, m) {
   // read): [ok, rb, rj, ks, gb, gj, bt, jt, nbt, njt, padded, smem bytes] (persistent_plan.h);
   // all 0 when no plan fits.
   m.def("_persistent_plan(Tensor like, int B, int H, bool backward) -> int[]");
-  // One cooperative launch of `blocks` blocks that passes `iters` grid-wide barriers and adds
-  // iters to counter[0] (int64): the barrier's cost, timed alone.
-  m.def("_grid_barrier_loop(Tensor(a!) counter, int blocks, int iters) -> ()");
+  // One cooperative launch of `blocks` blocks (smem bytes of dynamic shared memory each) that
+  // passes `iters` checked grid-wide barriers: counter (int64, >= 2 elements) gets
+  // counter[0] += iters and counter[1] += the checks that failed. The barrier's cost, timed alone.
+  m.def("_grid_barrier_loop(Tensor(a!) counter, int blocks, int iters, int smem=0) -> ()");
 }

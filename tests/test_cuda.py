@@ -386,24 +386,40 @@ def test_cuda_persistent_plan_errors():
 
 
 def test_grid_barrier_loop():
-    """The barrier microbenchmark of bench_cuda.py passes every barrier (its counter), on the
-    largest grid the device keeps resident too, and rejects what it cannot launch."""
+    """The barrier microbenchmark of bench_cuda.py counts its barriers and every epoch check
+    holds, on one block, one per SM, the largest grid the device keeps resident (the bound its
+    error names) and a plan-sized shared memory; it rejects what it cannot launch."""
+    import re
+
     op = torch.ops.rnn_ext._grid_barrier_loop
-    counter = torch.zeros(1, dtype=torch.int64, device="cuda")
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    prop = torch.cuda.get_device_properties(0)
+    sms, smem_max = prop.multi_processor_count, prop.shared_memory_per_block_optin
+    counter = torch.zeros(2, dtype=torch.int64, device="cuda")
     op(counter, 1, 5)
     op(counter, sms, 1000)
     op(counter, sms, 0)
-    assert counter.item() == 1005
+    op(counter, sms, 100, smem_max)  # one block per SM
+    assert counter.tolist() == [1105, 0]
+    with pytest.raises(ValueError, match=r"blocks must be in \[1, \d+\].*got 1000000") as e:
+        op(counter, 1_000_000, 1)
+    most = int(re.search(r"blocks must be in \[1, (\d+)\]", str(e.value)).group(1))
+    assert most >= sms
+    op(counter, most, 100)
+    assert counter.tolist() == [1205, 0]
+    with pytest.raises(ValueError, match=rf"blocks must be in \[1, {sms}\].*got {sms + 1}"):
+        op(counter, sms + 1, 1, smem_max)
     with pytest.raises(ValueError, match=r"blocks must be in \[1, \d+\].*got 0"):
         op(counter, 0, 1)
-    with pytest.raises(ValueError, match=r"blocks must be in \[1, \d+\].*got 1000000"):
-        op(counter, 1_000_000, 1)
     with pytest.raises(ValueError, match="iters must be >= 0, got -1"):
         op(counter, 1, -1)
+    with pytest.raises(ValueError, match=rf"smem must be in \[0, {smem_max}\] bytes.*got -1"):
+        op(counter, 1, 1, -1)
+    with pytest.raises(ValueError, match="counter must be a contiguous int64 tensor with at "
+                                         "least 2 elements"):
+        op(counter[:1], 1, 1)
     with pytest.raises(ValueError, match="counter must be a contiguous int64 tensor"):
         op(counter.float(), 1, 1)
-    assert counter.item() == 1005
+    assert counter.tolist() == [1205, 0]
 
 
 def test_bad_mode_value(monkeypatch):

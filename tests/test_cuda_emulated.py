@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,13 +67,18 @@ def emu():
     name = "rnn_ext_cuda_emu"
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch_extensions")
-    build_dir = Path(root) / f"{name}_torch{torch.__version__.replace('+', '_')}"
+    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    build_dir = Path(root) / f"{name}_{py}_torch{torch.__version__.replace('+', '_')}"
     build_dir.mkdir(parents=True, exist_ok=True)
     lock = build_dir / "lock"
-    waits_on_file = hasattr(cpp_extension, "FileBaton")
-    if waits_on_file and lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-        warnings.warn(f"removing a stale build lock {lock} (a build killed midway?)")
-        lock.unlink(missing_ok=True)
+    if hasattr(cpp_extension, "FileBaton"):  # this torch waits while the file exists
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            age = 0.0
+        if age > STALE_LOCK_S:
+            warnings.warn(f"removing a stale build lock {lock} (a build killed midway?)")
+            lock.unlink(missing_ok=True)
     return load(
         name=name,
         sources=[str(EMU_DIR / "elman_emu.cpp"), str(EMU_DIR / "seq_nll_emu.cpp")],
@@ -420,11 +426,18 @@ def test_pointwise_step_kernels(emu, dtype, with_lengths):
 
 
 def test_grid_barrier_kernel(emu):
-    """The barrier microbenchmark's kernel (rnn_ext::_grid_barrier_loop) passes every barrier,
-    on one block and on several, and counts them once."""
-    assert emu.grid_barrier(1, 3) == 3
-    assert emu.grid_barrier(5, 7) == 7
-    assert emu.grid_barrier(4, 0) == 0
+    """The barrier microbenchmark's kernel (rnn_ext::_grid_barrier_loop) counts its barriers
+    once and finds every epoch check passed, on one block and on several, in both schedules
+    (a kernel without its grid.sync fails the check: the block-greedy schedule runs a block's
+    loop before its neighbour has written anything)."""
+    try:
+        for seed, interleaved in ((0, False), (3, False), (1, True)):
+            emu.set_schedule(seed, interleaved)
+            assert emu.grid_barrier(1, 3) == (3, 0)
+            assert emu.grid_barrier(5, 7) == (7, 0)
+            assert emu.grid_barrier(4, 0) == (0, 0)
+    finally:
+        emu.set_schedule(0, False)
 
 
 def test_emulation_catches_kernel_defects(emu):

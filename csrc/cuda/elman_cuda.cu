@@ -482,30 +482,42 @@ std::vector<int64_t> persistent_plan_cuda(const at::Tensor& like, int64_t B, int
           static_cast<int64_t>(p.smem)};
 }
 
-// One cooperative launch of `blocks` blocks of the persistent kernels' size that passes
-// `iters` grid-wide barriers and adds iters to counter[0] (int64, CUDA, one element or more).
-void grid_barrier_loop_cuda(const at::Tensor& counter, int64_t blocks, int64_t iters) {
+// One cooperative launch of `blocks` blocks of the persistent kernels' size, each with `smem`
+// bytes of dynamic shared memory (so that the blocks are placed on the SMs as a plan's are),
+// that passes `iters` checked grid-wide barriers: counter[0] += iters, counter[1] += the
+// checks that failed (counter: int64, CUDA, contiguous, at least 2 elements).
+void grid_barrier_loop_cuda(const at::Tensor& counter, int64_t blocks, int64_t iters,
+                            int64_t smem) {
   const char* op = "rnn_ext::_grid_barrier_loop";
-  TORCH_CHECK_VALUE(counter.scalar_type() == at::kLong && counter.numel() >= 1 &&
+  TORCH_CHECK_VALUE(counter.scalar_type() == at::kLong && counter.numel() >= 2 &&
                         counter.is_contiguous(),
-                    op, ": counter must be a contiguous int64 tensor with at least one element, "
+                    op, ": counter must be a contiguous int64 tensor with at least 2 elements, "
                     "got dtype ", counter.scalar_type(), ", shape ", counter.sizes());
   TORCH_CHECK_VALUE(iters >= 0, op, ": iters must be >= 0, got ", iters);
   const c10::cuda::CUDAGuard guard(counter.device());
   const cudaDeviceProp* prop = current_device_properties();
   TORCH_CHECK(prop->cooperativeLaunch, op, ": the device does not support cooperative launches");
+  const auto kernel = reinterpret_cast<const void*>(&grid_barrier_kernel);
+  const int64_t smem_max = static_cast<int64_t>(prop->sharedMemPerBlockOptin);
+  TORCH_CHECK_VALUE(smem >= 0 && smem <= smem_max, op, ": smem must be in [0, ", smem_max,
+                    "] bytes (the device's shared memory per block), got ", smem);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
   int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &per_sm, reinterpret_cast<const void*>(&grid_barrier_kernel), kPersistentThreads, 0));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
+                                                               kPersistentThreads,
+                                                               static_cast<size_t>(smem)));
   const int64_t max_blocks = static_cast<int64_t>(per_sm) * prop->multiProcessorCount;
   TORCH_CHECK_VALUE(blocks >= 1 && blocks <= max_blocks, op, ": blocks must be in [1, ",
-                    max_blocks, "] (the blocks of ", kPersistentThreads,
-                    " threads resident at once on this device), got ", blocks);
+                    max_blocks, "] (the blocks of ", kPersistentThreads, " threads and ", smem,
+                    " bytes of shared memory resident at once on this device), got ", blocks);
+  at::Tensor flags = at::full({blocks}, -1, counter.options());
   int64_t* counter_ptr = counter.mutable_data_ptr<int64_t>();
-  void* kargs[] = {&counter_ptr, &iters};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&grid_barrier_kernel),
-                                             dim3(static_cast<unsigned>(blocks)),
-                                             dim3(kPersistentThreads), kargs, 0,
+  int64_t* flags_ptr = flags.mutable_data_ptr<int64_t>();
+  void* kargs[] = {&counter_ptr, &flags_ptr, &iters};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, dim3(static_cast<unsigned>(blocks)),
+                                             dim3(kPersistentThreads), kargs,
+                                             static_cast<size_t>(smem),
                                              c10::cuda::getCurrentCUDAStream()));
 }
 

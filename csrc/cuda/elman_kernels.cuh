@@ -443,17 +443,35 @@ __global__ void __launch_bounds__(kPersistentThreads)
 // Diagnostics: the cost of the persistent kernels' grid-wide barrier alone.
 
 // `iters` grid-wide barriers, as the persistent kernels meet once per step (the same block
-// size, the same cooperative_groups barrier), then block 0's thread 0 adds `iters` to
-// counter[0], so a caller can check that every barrier was passed. Timed by
-// benchmarks/bench_cuda.py (through rnn_ext::_grid_barrier_loop) at the grid a plan launches.
+// size, the same cooperative_groups barrier), each checked: before barrier i every block's
+// thread 0 writes its epoch i to flags[block] (flags start below 0); after it, it reads its
+// neighbour's flag, which a barrier that held leaves at i or i + 1 (the neighbour may already
+// be past the next write), never below i. Block 0's thread 0 adds `iters` to counter[0];
+// the blocks add the number of failed checks to counter[1]. flags: int64 (gridDim.x).
+// Timed by benchmarks/bench_cuda.py (through rnn_ext::_grid_barrier_loop) at a plan's grid;
+// a step of the persistent kernels also writes state and reads others' between barriers.
 __global__ void __launch_bounds__(kPersistentThreads)
-    grid_barrier_kernel(int64_t* counter, int64_t iters) {
+    grid_barrier_kernel(int64_t* counter, int64_t* flags, int64_t iters) {
   cg::grid_group grid = cg::this_grid();
+  const unsigned next = (blockIdx.x + 1) % gridDim.x;
+  unsigned long long failed = 0;
   for (int64_t i = 0; i < iters; ++i) {
+    if (threadIdx.x == 0) {
+      flags[blockIdx.x] = i;
+    }
     grid.sync();
+    if (threadIdx.x == 0 &&
+        __ldcg(reinterpret_cast<const long long*>(flags + next)) < static_cast<long long>(i)) {
+      ++failed;
+    }
   }
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
-    counter[0] += iters;
+  if (threadIdx.x == 0) {
+    if (failed != 0) {
+      atomicAdd(reinterpret_cast<unsigned long long*>(counter + 1), failed);
+    }
+    if (blockIdx.x == 0) {
+      counter[0] += iters;
+    }
   }
 }
 

@@ -20,6 +20,7 @@
 //                                           the same m in [0, 32), or the launch fails)
 //   __ldcg(p)                               a plain load
 //   atomicMin(unsigned long long*, v)       a plain read-modify-write (turns are not preempted)
+//   atomicAdd(unsigned long long*, v)       likewise
 //   dynamic shared memory                   one buffer per block, filled with 0xFF bytes (NaN
 //                                           in every float type) so a read of an element no
 //                                           thread wrote poisons the result, and followed by
@@ -329,5 +330,11 @@ inline T __ldcg(const T* p) {
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
   const unsigned long long old = *p;
   if (v < old) *p = v;
+  return old;
+}
+
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;
+  *p = old + v;
   return old;
 }

@@ -12,6 +12,8 @@
 #include "cuda/persistent_plan.h"
 
 #include <string>
+#include <tuple>
+#include <vector>
 
 namespace {
 
@@ -267,16 +269,18 @@ at::Tensor selftest(const std::string& kind) {
 }
 
 // grid_barrier_kernel (the barrier microbenchmark of rnn_ext::_grid_barrier_loop) on `blocks`
-// blocks: returns the counter, which starts at 0.
-int64_t grid_barrier(int64_t blocks, int64_t iters) {
-  int64_t counter = 0;
-  int64_t* ptr = &counter;
+// blocks, as the host code launches it: returns the counter (iters passed, checks failed).
+std::tuple<int64_t, int64_t> grid_barrier(int64_t blocks, int64_t iters) {
+  std::vector<int64_t> counter(2, 0);
+  std::vector<int64_t> flags(static_cast<size_t>(blocks), -1);
+  int64_t* c = counter.data();
+  int64_t* f = flags.data();
   {
     py::gil_scoped_release no_gil;
     cuda_emu::launch(static_cast<unsigned>(blocks), kPersistentThreads, 0,
-                     [ptr, iters] { rnn_ext::cuda_detail::grid_barrier_kernel(ptr, iters); });
+                     [c, f, iters] { rnn_ext::cuda_detail::grid_barrier_kernel(c, f, iters); });
   }
-  return counter;
+  return {counter[0], counter[1]};
 }
 
 }  // namespace
