@@ -74,7 +74,7 @@ def per_step_floor(B, H, precision, barrier_s=BARRIER_S, peak_flops=None, bandwi
 def measure_ceilings(n_copy=1 << 28, n_mm=8192):
     """The device's ceilings, measured: {"bandwidth": bytes/s (read + write) of a copy of
     n_copy float32 elements, "peak_flops": {precision: flop/s of an n_mm^3 torch.mm}}, CUDA
-    events, medians; random data (never zeros). TF32 settings are restored."""
+    events, medians; random data (never zeros). The matmul TF32 setting is restored."""
     out = {"bandwidth": None, "peak_flops": {}, "errors": []}
     try:
         src = torch.randn(n_copy, device="cuda")
@@ -83,7 +83,7 @@ def measure_ceilings(n_copy=1 << 28, n_mm=8192):
         out["bandwidth"] = 2.0 * src.numel() * src.element_size() / t
     except Exception as e:  # report and continue: the datasheet figure stands in
         out["errors"].append(f"copy: {type(e).__name__}: {e}"[:200])
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
         for precision in PRECISIONS:
             torch.backends.cuda.matmul.allow_tf32 = precision == "fp32-tf32"
@@ -96,7 +96,7 @@ def measure_ceilings(n_copy=1 << 28, n_mm=8192):
             except Exception as e:
                 out["errors"].append(f"mm {precision}: {type(e).__name__}: {e}"[:200])
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
     return out
 
 
@@ -205,14 +205,15 @@ def bench_shape(shape, precision, reps, warmup, ceilings=None):
             rows.append(dict(impl=impl, error=f"{type(e).__name__}: {e}"[:300]))
     os.environ["RNN_EXT_CUDA_PERSISTENT"] = "auto"
     plan_fwd, plan_bwd, barrier, barrier_error = plans_and_barrier(B, H, dtype)
+    barrier_s = BARRIER_S if barrier is None else barrier
     ceilings = ceilings or {}
-    floor = per_step_floor(B, H, precision, BARRIER_S if barrier is None else barrier,
+    floor = per_step_floor(B, H, precision, barrier_s,
                            ceilings.get("peak_flops", {}).get(precision),
                            ceilings.get("bandwidth"))
     cudnn_t = rows[0].get("median_s")
     for r in rows:
         r.update(T=T, B=B, I=I, H=H, precision=precision, tf32=tf32, floor_per_step_s=floor,
-                 barrier_s=BARRIER_S if barrier is None else barrier,
+                 barrier_s=barrier_s,
                  barrier_source="assumed" if barrier is None else "measured",
                  barrier_error=barrier_error, plan_forward=plan_fwd, plan_backward=plan_bwd,
                  target_speedup=TARGETS.get(tuple(shape)))

@@ -106,6 +106,16 @@ unsigned pointwise_blocks(int64_t n) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(want, cap)));
 }
 
+// How many blocks of kPersistentThreads threads and `smem` bytes of dynamic shared memory can
+// be resident at once on the current device (the driver's occupancy answer times the SMs): the
+// largest grid a cooperative launch of `kernel` may have.
+int64_t resident_blocks(const void* kernel, size_t smem) {
+  int per_sm = 0;
+  C10_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPersistentThreads, smem));
+  return static_cast<int64_t>(per_sm) * current_device_properties()->multiProcessorCount;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Planning and launching the persistent kernels.
 
@@ -153,11 +163,9 @@ Plan make_plan(int64_t B, int64_t H, bool backward) {
   for (Plan& p : candidate_plans(B, H, sizeof(acc_t), smem_max)) {
     const int64_t grid = static_cast<int64_t>(p.nbt) * p.njt;
     if (grid > 4 * static_cast<int64_t>(sms)) continue;
-    int per_sm = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, persistent_kernel<scalar_t>(backward, p.rb, p.rj), kPersistentThreads,
-        p.smem));
-    if (per_sm < 1 || grid > static_cast<int64_t>(per_sm) * sms) continue;
+    const int64_t resident = resident_blocks(
+        reinterpret_cast<const void*>(persistent_kernel<scalar_t>(backward, p.rb, p.rj)), p.smem);
+    if (resident < 1 || grid > resident) continue;
     p.cost = plan_cost(p, H, sms);
     p.ok = true;
     if (!best.ok || p.cost < best.cost) {  // ties: the first candidate
@@ -503,11 +511,7 @@ void grid_barrier_loop_cuda(const at::Tensor& counter, int64_t blocks, int64_t i
                     "] bytes (the device's shared memory per block), got ", smem);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
-                                                               kPersistentThreads,
-                                                               static_cast<size_t>(smem)));
-  const int64_t max_blocks = static_cast<int64_t>(per_sm) * prop->multiProcessorCount;
+  const int64_t max_blocks = resident_blocks(kernel, static_cast<size_t>(smem));
   TORCH_CHECK_VALUE(blocks >= 1 && blocks <= max_blocks, op, ": blocks must be in [1, ",
                     max_blocks, "] (the blocks of ", kPersistentThreads, " threads and ", smem,
                     " bytes of shared memory resident at once on this device), got ", blocks);

@@ -43,6 +43,10 @@ __device__ __forceinline__ double load_cg<double>(const double* p) {
   return __ldcg(p);
 }
 template <>
+__device__ __forceinline__ int64_t load_cg<int64_t>(const int64_t* p) {
+  return static_cast<int64_t>(__ldcg(reinterpret_cast<const long long*>(p)));
+}
+template <>
 __device__ __forceinline__ c10::Half load_cg<c10::Half>(const c10::Half* p) {
   return c10::Half(__ldcg(reinterpret_cast<const unsigned short*>(p)), c10::Half::from_bits());
 }
@@ -460,8 +464,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
       flags[blockIdx.x] = i;
     }
     grid.sync();
-    if (threadIdx.x == 0 &&
-        __ldcg(reinterpret_cast<const long long*>(flags + next)) < static_cast<long long>(i)) {
+    if (threadIdx.x == 0 && load_cg(flags + next) < i) {
       ++failed;
     }
   }
