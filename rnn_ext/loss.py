@@ -96,7 +96,9 @@ def seq_nll_loss(
 
     Raises:
         IndexError: a target value outside ``[0, C)`` that is not ``ignore_index`` (the message
-            names the value and its position).
+            names the value and its position). On CUDA this check reads one value back to the
+            host; while a CUDA graph is being captured it is a device-side assert instead, as
+            in ``F.nll_loss`` on CUDA.
         ValueError: a target whose shape does not match ``(B, T)`` / ``(T, B)`` of
             ``log_probs`` (the message names both shapes); an unknown ``reduction``.
         RuntimeError: ``log_probs`` not of rank 3 or not floating, a target that is not int64 /

@@ -19,11 +19,13 @@
 // Target values out of [0, C) that are not ignore_index: the kernels record the smallest such
 // row (atomicMin) and the host raises the same IndexError as the CPU kernels. Reading that
 // record back costs one 8-byte device-to-host copy (a synchronisation) per call; PyTorch's own
-// CUDA nll_loss uses a device-side assert instead, which ends the process's CUDA context.
+// CUDA nll_loss uses a device-side assert instead, which ends the process's CUDA context. Under
+// CUDA-graph capture, where no read-back is allowed, the check is that same device-side assert.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -58,8 +60,18 @@ Targets<scalar_t, index_t> make_targets(const at::Tensor& target,
 }
 
 // Raises the CPU kernels' IndexError when a kernel recorded a bad row (reads it back: a sync).
+// While the current stream is being captured into a CUDA graph (torch.cuda.graph,
+// torch.compile(mode="reduce-overhead")) a read-back is not allowed; the check is then made on
+// the device (at::_assert_async), as PyTorch's own CUDA nll_loss makes it: a bad target stops
+// the graph's replay with a device-side assert instead of the IndexError.
 void raise_if_bad_row(const char* op, const at::Tensor& bad, const at::Tensor& target,
                       const SeqLossSizes& s, int64_t ignore_index, bool target_batch_first) {
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    at::_assert_async(bad.eq(kNoBadRow),
+                      "rnn_ext sequence loss: a target value is outside [0, C) and is not "
+                      "ignore_index (checked on the device during CUDA-graph capture)");
+    return;
+  }
   const int64_t r = bad.item<int64_t>();
   if (r == kNoBadRow) {
     return;
