@@ -25,7 +25,10 @@ Activation parse_nonlinearity(std::string_view nonlinearity, const char* op);
 
 // Checks the arguments of elman_forward (and, with T = 1, of the cell op; `input_name` and
 // `h_name` let the messages say "hx" for the cell). Raises c10::Error (RuntimeError in Python)
-// naming the argument, its shape and the expected shape. Returns the sizes.
+// naming the argument, its shape and the expected shape. Returns the sizes. The values of
+// lengths are checked here when lengths is on the CPU; lengths on a CUDA device are left to the
+// CUDA backend (a read-back, or a device-side assert during CUDA-graph capture), which calls
+// check_length_values below.
 ElmanSizes check_elman_forward_args(
     const char* op,
     const at::Tensor& input,
@@ -105,6 +108,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_sequence_grads(
     std::array<bool, 2> output_mask,
     at::Tensor grad_h_0_buffer,
     bool h_0_is_zero = false);
+
+// Raises ValueError unless every value of lengths (int64, (B,), any device: a CUDA tensor is
+// read back, a synchronisation) is in [1, T]; the message names the first bad index and value.
+void check_length_values(const char* op, const at::Tensor& lengths, int64_t T);
 
 // lengths as a contiguous int64 CPU tensor (copied from the device when needed), or an
 // undefined tensor when absent. check_elman_forward_args has validated its values.

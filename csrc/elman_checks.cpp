@@ -87,18 +87,22 @@ ElmanSizes check_elman_forward_args(
         l.device().is_cpu() || l.device() == input.device(), op,
         ": expected lengths on the CPU or on input's device ", input.device(), ", but got it on ",
         l.device());
-    if (s.B > 0) {
-      const auto lc = lengths_on_cpu(lengths);
-      const int64_t* p = lc.const_data_ptr<int64_t>();
-      for (const auto b : c10::irange(s.B)) {
-        TORCH_CHECK_VALUE(
-            p[b] >= 1 && p[b] <= s.T, op, ": expected every length in [1, T] = [1, ", s.T,
-            "], but lengths[", b, "] = ", p[b],
-            " (an empty sequence is not allowed; a length cannot exceed the input's T)");
-      }
+    if (l.device().is_cpu()) {
+      check_length_values(op, l, s.T);
     }
   }
   return s;
+}
+
+void check_length_values(const char* op, const at::Tensor& lengths, int64_t T) {
+  const auto lc = lengths.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* p = lc.const_data_ptr<int64_t>();
+  for (const auto b : c10::irange(lc.numel())) {
+    TORCH_CHECK_VALUE(
+        p[b] >= 1 && p[b] <= T, op, ": expected every length in [1, T] = [1, ", T,
+        "], but lengths[", b, "] = ", p[b],
+        " (an empty sequence is not allowed; a length cannot exceed the input's T)");
+  }
 }
 
 ElmanSizes check_elman_cell_args(

@@ -74,13 +74,17 @@ def elman_rnn(
             list) with ``1 <= lengths[b] <= T``: a padded batch. Steps ``t >= lengths[b]``
             output 0 and leave the state unchanged, so ``h_n[b]`` is the state at the last valid
             step; with ``reverse`` each sequence starts at its own step ``lengths[b] - 1``.
+            Lengths on a CUDA device are read back to check their values (a synchronisation),
+            except while a CUDA graph is being captured, when a device-side assert checks them;
+            lengths on the CPU cannot be used with CUDA tensors during capture.
 
     Returns:
         ``(output, h_n)``: output ``(T, B, H)``, every step's state; h_n ``(B, H)``.
 
     Raises:
         RuntimeError: wrong ranks or shapes (the message names the argument, its shape and the
-            expected one), mismatched dtypes or devices, a dtype that is not floating.
+            expected one), mismatched dtypes or devices, a dtype that is not floating; CPU
+            ``lengths`` with CUDA tensors during CUDA-graph capture.
         ValueError: ``T == 0``, a length outside ``[1, T]``, an unknown ``nonlinearity``.
 
     Gradients flow to ``input``, ``h_0``, the weights and the biases through the fused

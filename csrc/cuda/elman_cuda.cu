@@ -55,6 +55,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/irange.h>
@@ -264,11 +265,35 @@ bool launch_persistent(const char* op, const Plan& p, PersistentArgs args, bool 
 // ---------------------------------------------------------------------------------------------
 // Forward and backward over a validated sequence.
 
-at::Tensor lengths_on_device(const std::optional<at::Tensor>& lengths, const at::Device& device) {
+// lengths (validated by check_elman_forward_args but for the values of a CUDA tensor) as a
+// contiguous int64 tensor on `device`, or an undefined tensor when absent. The values of CUDA
+// lengths are checked here: read back to the host (a synchronisation) for the ValueError, or,
+// while the current stream is being captured into a CUDA graph (where a read-back is not
+// allowed), by a device-side assert (at::_assert_async). CPU lengths cannot be used during
+// capture: their copy to the device would synchronise, and a replay would read host memory.
+// Call under the device guard.
+at::Tensor lengths_on_device(const char* op, const std::optional<at::Tensor>& lengths,
+                             const at::Device& device, int64_t T) {
   if (!lengths.has_value() || !lengths->defined()) {
     return at::Tensor();
   }
-  return lengths->to(device, at::kLong).contiguous();
+  const at::Tensor& l = *lengths;
+  const bool capturing =
+      c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+  if (l.device().is_cpu()) {
+    TORCH_CHECK(!capturing, op, ": lengths is on the CPU, but the current CUDA stream is being "
+                "captured into a CUDA graph, where it cannot be copied to the device; pass "
+                "lengths on input's device ", device);
+    return l.to(device, at::kLong).contiguous();
+  }
+  if (capturing) {
+    at::_assert_async(l.ge(1).logical_and(l.le(T)).all(),
+                      "rnn_ext::elman: a length is outside [1, T] (checked on the device during "
+                      "CUDA-graph capture)");
+  } else {
+    check_length_values(op, l, T);
+  }
+  return l.contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
@@ -416,7 +441,7 @@ std::tuple<at::Tensor, at::Tensor> elman_forward_cuda(
       check_elman_forward_args(op, input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, lengths);
   const c10::cuda::CUDAGuard guard(input.device());
   return elman_forward_impl(op, input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, act, reverse,
-                            lengths_on_device(lengths, input.device()), s, true);
+                            lengths_on_device(op, lengths, input.device(), s.T), s, true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_backward_cuda(
@@ -430,9 +455,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
                                                 std::nullopt, std::nullopt, lengths);
   check_elman_backward_args(op, s, input, grad_output, grad_h_n, output);
   const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor len_dev = lengths_on_device(op, lengths, input.device(), s.T);
   return elman_backward_impl(op, grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, output,
-                             act, reverse, lengths_on_device(lengths, input.device()), s, true,
-                             output_mask);
+                             act, reverse, len_dev, s, true, output_mask);
 }
 
 at::Tensor elman_cell_forward_cuda(const at::Tensor& input, const at::Tensor& hx,
