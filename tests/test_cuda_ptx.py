@@ -11,7 +11,8 @@ to PTX for sm_90 and requires that no persistent kernel (and not the grid-barrie
 contains a non-coherent load. Reference: PTX ISA, "Memory Consistency Model" and the ``ld``
 instruction's ``.nc`` qualifier.
 
-Skipped when nvcc is not found (CUDA_HOME, else /usr/local/cuda).
+Skipped when nvcc is not found (CUDA_HOME, else /usr/local/cuda) or torch has no CUDA (the
+build then compiles no CUDA sources either).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 import torch.utils.cpp_extension as cpp_ext
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +32,10 @@ NVCC = Path(os.environ.get("CUDA_HOME") or "/usr/local/cuda") / "bin" / "nvcc"
 DTYPES = ("d", "f", "N3c104HalfE", "N3c108BFloat16E")  # mangled template arguments
 TILES = ((1, 1), (1, 2), (2, 2), (4, 4))  # kTiles in csrc/cuda/persistent_plan.h
 
-pytestmark = pytest.mark.skipif(not NVCC.is_file(), reason=f"nvcc not found at {NVCC}")
+pytestmark = [
+    pytest.mark.skipif(not NVCC.is_file(), reason=f"nvcc not found at {NVCC}"),
+    pytest.mark.skipif(torch.version.cuda is None, reason="torch built without CUDA"),
+]
 
 
 @pytest.fixture(scope="module")
