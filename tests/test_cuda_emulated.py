@@ -17,10 +17,16 @@ These tests run:
 * the four loss kernels: per-row losses, weights, log-sum-exp and gradients against float64
   math and autograd of F.nll_loss / F.cross_entropy, and the record of the first bad target;
 * the emulation itself: a deadlock, a shared-memory overrun and a missing __syncthreads are
-  caught.
+  caught;
+* the host code of csrc/cuda/elman_cuda.cu and seq_nll_cuda.cu, whole (the operators' CUDA
+  entry points: planning, buffers, the cuBLAS step loop with ATen's CPU GEMMs in cuBLAS's
+  place, the persistent launches and their fallbacks, gradients, output_mask, the cell ops, the
+  loss ops, the CUDA-graph capture branches), its CUDA runtime calls emulated by
+  tests/cuda_emu/cuda_host_emu.h on a small device, against the CPU operators in float64.
 
-What this does not check: the device's memory ordering, occupancy, cuBLAS, the ATen reductions,
-the host code that launches the kernels, speed. tests/test_cuda.py does, on a GPU.
+What this does not check: the device's memory ordering, its real occupancy and the driver's
+answers, cuBLAS and the ATen CUDA reductions themselves, speed. tests/test_cuda.py does, on a
+GPU (and tests/test_cuda_ptx.py checks the persistent kernels' loads in their PTX).
 """
 
 from __future__ import annotations
@@ -81,9 +87,14 @@ def emu():
             lock.unlink(missing_ok=True)
     return load(
         name=name,
-        sources=[str(EMU_DIR / "elman_emu.cpp"), str(EMU_DIR / "seq_nll_emu.cpp")],
+        # The host code's non-CUDA dependencies: the shared argument checks and the
+        # whole-sequence gradients (elman_cuda.cu and seq_nll_cuda.cu are included by the
+        # two *_emu.cpp files).
+        sources=[str(EMU_DIR / "elman_emu.cpp"), str(EMU_DIR / "seq_nll_emu.cpp"),
+                 str(CSRC / "elman_checks.cpp"), str(CSRC / "elman_grads.cpp"),
+                 str(CSRC / "seq_nll_checks.cpp")],
         extra_include_paths=[str(CSRC)],
-        extra_cflags=["-O2", "-Wno-unknown-pragmas"],
+        extra_cflags=["-O2", "-Wno-unknown-pragmas", "-DRNN_EXT_CUDA_EMULATION"],
         build_directory=str(build_dir),
         verbose=os.environ.get("RNN_EXT_EMU_VERBOSE", "0") not in ("", "0"),
     )
@@ -638,3 +649,269 @@ def test_seq_loss_kernels_record_the_first_bad_row(emu, tbf):
     grad, bad = emu.ce_backward(gl, x, target, None, IGNORE, "sum", tbf, lse, tw, 2)
     assert bad == want
     assert not torch.isnan(grad).any(), "every element of the gradient is written"
+
+
+# ---------------------------------------------------------------------------------------------
+# The host code: csrc/cuda/elman_cuda.cu and seq_nll_cuda.cu, whole (planning, buffers, the
+# cuBLAS step loop with ATen's CPU GEMMs standing in for cuBLAS, the persistent launches, the
+# fallbacks, the gradients, the capture branches), their CUDA calls emulated by
+# tests/cuda_emu/cuda_host_emu.h on a small device (4 SMs of an H200), against the CPU
+# operators in float64.
+
+HOST_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+# ||got - ref|| / ||ref|| against the CPU operator in float64 (as tests/test_cuda.py).
+HOST_REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 1e-2,
+                torch.bfloat16: 5e-2}
+GRAD_NAMES = ("grad_input", "grad_h_0", "grad_weight_ih", "grad_weight_hh", "grad_bias")
+
+
+def _rel(got, ref):
+    got, ref = got.double(), ref.double()
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert not torch.isnan(got).any(), "NaN in the result"
+    denom = ref.norm().item()
+    return (got - ref).norm().item() / (denom if denom > 0 else 1.0)
+
+
+@pytest.fixture
+def host(emu, monkeypatch):
+    """The emulation module on emulated device 0, not capturing, in mode `auto` (each test sets
+    its own); restored afterwards. The references are the CPU operators of rnn_ext."""
+    pytest.importorskip("rnn_ext", reason="the references are rnn_ext's CPU operators")
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "auto")
+    emu.set_device(0)
+    emu.set_capturing(False)
+    yield emu
+    emu.set_device(0)
+    emu.set_capturing(False)
+
+
+def _elman_args(T, B, I, H, dtype, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = 1.0 / math.sqrt(max(H, 1))
+
+    def rnd(*shape, a=1.0):
+        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * a).to(dtype)
+
+    return (rnd(T, B, I), rnd(B, H, a=0.5), rnd(H, I, a=s), rnd(H, H, a=s),
+            rnd(H, a=s) if bias else None, rnd(H, a=s) if bias else None)
+
+
+def _as64(args):
+    return [None if a is None else a.double() for a in args]
+
+
+def check_host_sequence(emu, T, B, I, H, dtype, act="tanh", reverse=False, lengths=None,
+                        bias=True, output_mask=(True, True), seed=0):
+    """elman_forward_cuda / elman_backward_cuda against the CPU operators in float64. The
+    backward's reference is given the emulated forward's output (for 16-bit types the
+    end-to-end float64 reference is ill-conditioned; see isolated_grads in test_cuda.py)."""
+    args = _elman_args(T, B, I, H, dtype, bias, seed)
+    tol = HOST_REL_TOL[dtype]
+    out, h_n = emu.elman_forward(*args, act, reverse, lengths)
+    ref_out, ref_h_n = torch.ops.rnn_ext.elman_forward(*_as64(args), act, reverse, lengths)
+    assert out.dtype == h_n.dtype == dtype
+    assert _rel(out, ref_out) <= tol, f"output {_rel(out, ref_out):.2e}"
+    assert _rel(h_n, ref_h_n) <= tol, f"h_n {_rel(h_n, ref_h_n):.2e}"
+    if lengths is not None:
+        for b, n in enumerate(lengths.tolist()):
+            assert (out[n:, b] == 0).all(), "padded steps must output exactly 0"
+    g = torch.Generator().manual_seed(seed + 1)
+    gy = torch.randn(T, B, H, generator=g, dtype=torch.float64).to(dtype)
+    ghn = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype)
+    x, h_0, w_ih, w_hh = args[:4]
+    got = emu.elman_backward(gy, ghn, x, h_0, w_ih, w_hh, out, act, reverse, lengths,
+                             list(output_mask))
+    ref = torch.ops.rnn_ext.elman_backward(gy.double(), ghn.double(),
+                                           *_as64((x, h_0, w_ih, w_hh)), out.double(), act,
+                                           reverse, lengths, list(output_mask))
+    for name, a, r in zip(GRAD_NAMES, got, ref):
+        if r is None:
+            assert a is None, name
+            continue
+        assert a.dtype == dtype, name
+        assert _rel(a, r) <= tol, f"{name}: {_rel(a, r):.2e}"
+
+
+# (T, B, I, H): one block; 15 blocks (5 along B, 3 along H); a plan above the 48 KiB of
+# shared memory a kernel gets without cudaFuncSetAttribute (float32: 50592 bytes).
+HOST_SHAPES = [(5, 3, 4, 37), (4, 9, 5, 70), (3, 2, 3, 300)]
+HOST_CASES = [("tanh", False, None, True), ("relu", True, [3, 1, 2], False),
+              ("tanh", True, [3, 2, 1], True)]
+
+
+@pytest.mark.parametrize("mode", ["off", "require"])
+@pytest.mark.parametrize("dtype", HOST_DTYPES, ids=str)
+def test_host_sequence_ops(host, monkeypatch, mode, dtype):
+    """The cuBLAS step loop (off) and the persistent kernel (require), forward and backward,
+    with and without biases, lengths and reverse, against the CPU operators."""
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", mode)
+    shapes = HOST_SHAPES if dtype in (torch.float32, torch.float64) else HOST_SHAPES[:1]
+    for T, B, I, H in shapes:
+        if mode == "require" and dtype == torch.float64 and H == 300:
+            continue  # no float64 plan fits 4 SMs (tested in test_host_fallbacks)
+        for act, reverse, lens, bias in HOST_CASES:
+            lengths = None if lens is None else torch.tensor(lens[:B] + [T] * (B - len(lens)))
+            lengths = None if lengths is None else lengths.clamp(max=T)
+            before = host.launch_counts()
+            check_host_sequence(host, T, B, I, H, dtype, act, reverse, lengths, bias,
+                                seed=T + B + H)
+            launches, cooperative = (n - m for n, m in zip(host.launch_counts(), before))
+            if mode == "require":
+                assert (launches, cooperative) == (0, 2), "one persistent launch each way"
+            else:
+                assert cooperative == 0 and launches == 2 * T, "one pointwise launch a step"
+
+
+def test_host_plans_use_opt_in_shared_memory(host, monkeypatch):
+    """The planner raises each persistent kernel's shared-memory limit (cudaFuncSetAttribute)
+    before it asks for the occupancy, so plans above the default 48 KiB per block are found
+    (without it the driver answers 0 blocks for them), and such a plan launches."""
+    like = torch.empty(0, dtype=torch.float32)
+    for backward in (False, True):
+        plan = host.persistent_plan(like, 2, 300, backward)
+        assert plan[0] == 1 and plan[-1] > 48 * 1024, plan
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "require")
+    check_host_sequence(host, 3, 2, 3, 300, torch.float32, seed=9)
+
+
+@pytest.mark.parametrize("output_mask", [(True, False), (False, True), (False, False)],
+                         ids=str)
+@pytest.mark.parametrize("mode", ["off", "require"])
+def test_host_backward_output_mask(host, monkeypatch, mode, output_mask):
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", mode)
+    check_host_sequence(host, 4, 3, 4, 37, torch.float32, output_mask=output_mask, seed=5)
+
+
+def test_host_fallbacks(host, monkeypatch):
+    """auto falls back to the cuBLAS loop, with the same result, when no plan fits (float64,
+    H = 300 on 4 SMs), when the device has no cooperative launch (device 1), and when the
+    driver refuses the cooperative launch after planning (device 2: the output buffer still
+    holds the input projection then); require says why instead."""
+    for device, dtype, H, why in [
+        (0, torch.float64, 300, "do not fit in the shared memory"),
+        (1, torch.float32, 37, "does not support cooperative launches"),
+        (2, torch.float32, 37, "driver refused the cooperative launch of 3 blocks"),
+    ]:
+        host.set_device(device)
+        monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "auto")
+        before = host.launch_counts()
+        check_host_sequence(host, 4, 3, 4, H, dtype, "tanh", True, torch.tensor([4, 2, 3]))
+        assert host.launch_counts()[1] == before[1], f"device {device}: no persistent launch"
+        monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "require")
+        args = _elman_args(4, 3, 4, H, dtype)
+        with pytest.raises(RuntimeError, match=f"RNN_EXT_CUDA_PERSISTENT=require, but .*{why}"):
+            host.elman_forward(*args, "tanh", False, None)
+        like = torch.empty(0, dtype=dtype)
+        assert (host.persistent_plan(like, 3, H, False)[0] == 1) == (device == 2)
+
+
+def test_host_empty_sizes_and_t1(host, monkeypatch):
+    """B = 0, I = 0, H = 0 (no launch), and T = 1 (the persistent path only under on/require;
+    the backward's step loop does not run), against the CPU operators."""
+    for mode in ("auto", "on"):
+        monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", mode)
+        for T, B, I, H in [(3, 0, 4, 5), (3, 2, 0, 5), (3, 2, 4, 0), (1, 3, 4, 37)]:
+            check_host_sequence(host, T, B, I, H, torch.float32, seed=B + I + H)
+
+
+@pytest.mark.parametrize("dtype", HOST_DTYPES, ids=str)
+def test_host_cell_ops(host, dtype):
+    """elman_cell_forward_cuda / elman_cell_backward_cuda (always the cuBLAS path) against the
+    CPU cell operators in float64."""
+    x, h, w_ih, w_hh, b_ih, b_hh = _elman_args(1, 6, 5, 37, dtype, seed=3)
+    x = x[0]
+    tol = HOST_REL_TOL[dtype]
+    for act in ("tanh", "relu"):
+        hy = host.elman_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, act)
+        ref = torch.ops.rnn_ext.elman_cell_forward(*_as64((x, h, w_ih, w_hh, b_ih, b_hh)), act)
+        assert hy.dtype == dtype and _rel(hy, ref) <= tol
+        g = torch.randn(6, 37, generator=torch.Generator().manual_seed(4)).to(dtype)
+        got = host.elman_cell_backward(g, x, h, w_ih, w_hh, hy, act)
+        want = torch.ops.rnn_ext.elman_cell_backward(g.double(), *_as64((x, h, w_ih, w_hh)),
+                                                     hy.double(), act)
+        for name, a, r in zip(GRAD_NAMES, got, want):
+            assert a.dtype == dtype and _rel(a, r) <= tol, name
+
+
+def test_host_grid_barrier_loop(host):
+    """_grid_barrier_loop's host code: its bound on the grid (the blocks resident at once:
+    8 per SM of 256 threads, 1 per SM with 200 KiB of shared memory), its errors, the count."""
+    counter = torch.zeros(2, dtype=torch.int64)
+    host.grid_barrier_loop(counter, 32, 3)
+    host.grid_barrier_loop(counter, 4, 2, 200 * 1024)
+    assert counter.tolist() == [5, 0]
+    with pytest.raises(ValueError, match=r"blocks must be in \[1, 32\] .* got 33"):
+        host.grid_barrier_loop(counter, 33, 1)
+    with pytest.raises(ValueError, match=r"blocks must be in \[1, 4\] .* got 5"):
+        host.grid_barrier_loop(counter, 5, 1, 200 * 1024)
+    with pytest.raises(ValueError, match=r"smem must be in \[0, 232448\] bytes"):
+        host.grid_barrier_loop(counter, 1, 1, 232449)
+    host.set_device(1)
+    with pytest.raises(RuntimeError, match="does not support cooperative launches"):
+        host.grid_barrier_loop(counter, 1, 1)
+    assert counter.tolist() == [5, 0]
+
+
+def test_host_capture_branches(host):
+    """While a CUDA graph is being captured: CPU lengths are refused with a clear error (their
+    copy to the device would synchronise), and the loss ops check targets with a device-side
+    assert instead of reading the record back (on the CPU, at::_assert_async raises at once)."""
+    args = _elman_args(3, 2, 4, 5, torch.float32)
+    host.set_capturing(True)
+    with pytest.raises(RuntimeError, match="lengths is on the CPU, but the current CUDA stream "
+                                           "is being captured into a CUDA graph"):
+        host.elman_forward(*args, "tanh", False, torch.tensor([3, 1]))
+    out, h_n = host.elman_forward(*args, "tanh", False, None)
+    ref_out, _ = torch.ops.rnn_ext.elman_forward(*args, "tanh", False, None)
+    assert _rel(out, ref_out) <= 2e-5
+    x = torch.randn(3, 2, 7).log_softmax(-1)
+    good = torch.tensor([[1, 2, 3], [4, 5, -100]])
+    loss, tw = host.seq_nll_loss_forward(x, good, None, -100, "mean", True)
+    torch.testing.assert_close(loss, torch.ops.rnn_ext.seq_nll_loss_forward(
+        x, good, None, -100, "mean", True)[0])
+    bad = torch.tensor([[1, 2, 3], [4, 9, -100]])
+    with pytest.raises(RuntimeError, match="target value is outside|single nonzero value"):
+        host.seq_nll_loss_forward(x, bad, None, -100, "mean", True)
+    host.set_capturing(False)
+    with pytest.raises(IndexError, match="9"):
+        host.seq_nll_loss_forward(x, bad, None, -100, "mean", True)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_host_loss_ops(host, reduction):
+    """The four loss entry points of seq_nll_cuda.cu against the CPU operators: every dtype,
+    both target layouts and index types, weights, strided inputs; an out-of-range target
+    raises the CPU's IndexError, naming the same value and position."""
+    for dtype, tbf, tdt, with_w, strided, seed in loss_cases():
+        x, target, weight, _, _ = loss_case(LT, LB, LC, dtype, tbf, tdt, with_w, strided, seed)
+        where = f"{dtype}, tbf={tbf}, {tdt}, weight={with_w}, strided={strided}"
+        tol = _stored_tol(dtype)
+        for kind, fwd, bwd in [
+            ("nll", "seq_nll_loss_forward", "seq_nll_loss_backward"),
+            ("ce", "seq_cross_entropy_forward", "seq_cross_entropy_backward"),
+        ]:
+            xx = x.double().log_softmax(-1).to(dtype) if kind == "nll" else x
+            fargs = (xx, target, weight, IGNORE, reduction, tbf)
+            got = getattr(host, fwd)(*fargs)
+            ref = getattr(torch.ops.rnn_ext, fwd)(*fargs)
+            for a, r in zip(got, ref):
+                assert a.dtype == r.dtype and a.shape == r.shape, where
+                torch.testing.assert_close(a.double(), r.double(), rtol=tol, atol=tol,
+                                           msg=lambda m: f"{kind} forward, {where}: {m}")
+            g = torch.linspace(-1, 1, got[0].numel(), dtype=torch.float64)
+            g = g.reshape(got[0].shape).to(dtype)
+            extra = (ref[1],) if kind == "nll" else (ref[1], ref[2])
+            ga = getattr(host, bwd)(g, *fargs, *extra)
+            gr = getattr(torch.ops.rnn_ext, bwd)(g, *fargs, *extra)
+            scale = max(1.0, gr.double().abs().max().item())
+            torch.testing.assert_close(ga.double(), gr.double(), rtol=tol, atol=tol * scale,
+                                       msg=lambda m: f"{kind} backward, {where}: {m}")
+    x, target, _, _, _ = loss_case(LT, LB, LC, torch.float32, True, torch.int64, False, False, 1)
+    target[3, 5] = LC + 2
+    for fwd in ("seq_nll_loss_forward", "seq_cross_entropy_forward"):
+        with pytest.raises(IndexError) as got:
+            getattr(host, fwd)(x, target, None, IGNORE, reduction, True)
+        with pytest.raises(IndexError) as want:
+            getattr(torch.ops.rnn_ext, fwd)(x, target, None, IGNORE, reduction, True)
+        assert str(got.value).replace("_cuda", "") == str(want.value).replace("_cpu", "")

@@ -54,14 +54,16 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <c10/util/irange.h>
+#ifndef RNN_EXT_CUDA_EMULATION
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <c10/util/irange.h>
 #include <torch/library.h>
 
 #include <cuda_runtime.h>
+#endif  // else tests/cuda_emu/cuda_host_emu.h, included first, emulates the CUDA calls below
 
 #include <algorithm>
 #include <array>
@@ -74,6 +76,7 @@
 
 #include "elman.h"
 #include "elman_kernels.cuh"  // the device code: pointwise and persistent kernels
+#include "launch.cuh"
 #include "persistent_plan.h"
 
 namespace rnn_ext {
@@ -246,10 +249,8 @@ bool launch_persistent(const char* op, const Plan& p, PersistentArgs args, bool 
   set_plan(args, p);
   KernelFn fn = persistent_kernel<scalar_t>(backward, p.rb, p.rj);
   TORCH_INTERNAL_ASSERT(fn != nullptr);
-  void* kargs[] = {&args};
-  const cudaError_t err = cudaLaunchCooperativeKernel(
-      reinterpret_cast<const void*>(fn), dim3(static_cast<unsigned>(p.nbt * p.njt)),
-      dim3(kPersistentThreads), kargs, p.smem, stream);
+  const cudaError_t err = launch_cooperative(fn, static_cast<unsigned>(p.nbt * p.njt),
+                                             kPersistentThreads, p.smem, stream, args);
   if (err == cudaErrorCooperativeLaunchTooLarge) {
     (void)cudaGetLastError();  // clear it: nothing was launched
     TORCH_CHECK(persistent_mode() != PersistentMode::Require, op,
@@ -352,9 +353,9 @@ std::tuple<at::Tensor, at::Tensor> elman_forward_impl(
     out_t.addmm_(len != nullptr ? h : h_prev, whh_t);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                     "elman_forward_step", [&] {
-      forward_step_kernel<scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(
-          out_t.data_ptr<scalar_t>(), len != nullptr ? h.data_ptr<scalar_t>() : nullptr, len, t,
-          B, H, act);
+      launch_kernel(&forward_step_kernel<scalar_t>, blocks, kPointwiseThreads, 0, stream,
+                    out_t.data_ptr<scalar_t>(), len != nullptr ? h.data_ptr<scalar_t>() : nullptr,
+                    len, t, B, H, act);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     h_prev = out_t;
@@ -404,7 +405,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
         for (const auto u : c10::irange(T)) {
           const int64_t t = reverse ? u : T - 1 - u;
           at::Tensor ga_t = ga.select(0, t);
-          backward_step_kernel<scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(
+          launch_kernel(
+              &backward_step_kernel<scalar_t>, blocks, kPointwiseThreads, 0, stream,
               ga_t.data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>() + t * B * H,
               u > 0 ? g.const_data_ptr<scalar_t>() : nullptr,
               grad_h_n.defined() ? grad_h_n.const_data_ptr<scalar_t>() : nullptr,
@@ -543,15 +545,15 @@ void grid_barrier_loop_cuda(const at::Tensor& counter, int64_t blocks, int64_t i
   at::Tensor flags = at::full({blocks}, -1, counter.options());
   int64_t* counter_ptr = counter.mutable_data_ptr<int64_t>();
   int64_t* flags_ptr = flags.mutable_data_ptr<int64_t>();
-  void* kargs[] = {&counter_ptr, &flags_ptr, &iters};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, dim3(static_cast<unsigned>(blocks)),
-                                             dim3(kPersistentThreads), kargs,
-                                             static_cast<size_t>(smem),
-                                             c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(launch_cooperative(&grid_barrier_kernel, static_cast<unsigned>(blocks),
+                                    kPersistentThreads, static_cast<size_t>(smem),
+                                    c10::cuda::getCurrentCUDAStream(), counter_ptr, flags_ptr,
+                                    iters));
 }
 
 }  // namespace
 
+#ifndef RNN_EXT_CUDA_EMULATION  // the emulation calls the functions above directly
 TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
   m.impl("elman_forward", &elman_forward_cuda);
   m.impl("elman_backward", &elman_backward_cuda);
@@ -560,5 +562,6 @@ TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
   m.impl("_persistent_plan", &persistent_plan_cuda);
   m.impl("_grid_barrier_loop", &grid_barrier_loop_cuda);
 }
+#endif
 
 }  // namespace rnn_ext

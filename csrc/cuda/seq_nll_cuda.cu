@@ -24,6 +24,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#ifndef RNN_EXT_CUDA_EMULATION
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -31,12 +32,14 @@
 #include <torch/library.h>
 
 #include <cuda_runtime.h>
+#endif  // else tests/cuda_emu/cuda_host_emu.h, included first, emulates the CUDA calls below
 
 #include <cstdint>
 #include <limits>
 #include <tuple>
 
 #include "seq_nll.h"
+#include "launch.cuh"
 #include "seq_nll_kernels.cuh"  // the device code
 
 namespace rnn_ext {
@@ -162,10 +165,10 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, log_probs.scalar_type(), "seq_nll_loss_forward_cuda", [&] {
           RNN_EXT_DISPATCH_TARGET_CUDA(target, [&] {
-            nll_forward_kernel<scalar_t, index_t><<<blocks_for(rows, kThreads), kThreads, 0,
-                                                    stream>>>(
-                log_probs.const_data_ptr<scalar_t>(), log_probs.stride(0), log_probs.stride(1),
-                log_probs.stride(2),
+            launch_kernel(
+                &nll_forward_kernel<scalar_t, index_t>, blocks_for(rows, kThreads), kThreads, 0,
+                stream, log_probs.const_data_ptr<scalar_t>(), log_probs.stride(0),
+                log_probs.stride(1), log_probs.stride(2),
                 make_targets<scalar_t, index_t>(target, weight, ignore_index, s), s.T,
                 row_outputs<scalar_t>(f, none, target_batch_first),
                 f.bad.mutable_data_ptr<int64_t>());
@@ -204,13 +207,12 @@ at::Tensor seq_nll_loss_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, log_probs.scalar_type(), "seq_nll_loss_backward_cuda", [&] {
         RNN_EXT_DISPATCH_TARGET_CUDA(target, [&] {
-          nll_backward_kernel<scalar_t, index_t>
-              <<<blocks_for(rows, kThreads), kThreads, 0, stream>>>(
-                  grad.mutable_data_ptr<scalar_t>(),
-                  make_targets<scalar_t, index_t>(target, weight, ignore_index, s),
-                  make_grad_scale<scalar_t>(grad_loss, total_weight, reduction,
-                                            target_batch_first),
-                  s.T, bad.mutable_data_ptr<int64_t>());
+          launch_kernel(
+              &nll_backward_kernel<scalar_t, index_t>, blocks_for(rows, kThreads), kThreads, 0,
+              stream, grad.mutable_data_ptr<scalar_t>(),
+              make_targets<scalar_t, index_t>(target, weight, ignore_index, s),
+              make_grad_scale<scalar_t>(grad_loss, total_weight, reduction, target_batch_first),
+              s.T, bad.mutable_data_ptr<int64_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
@@ -239,9 +241,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cuda(
         at::kHalf, at::kBFloat16, logits.scalar_type(), "seq_cross_entropy_forward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
           RNN_EXT_DISPATCH_TARGET_CUDA(target, [&] {
-            ce_forward_kernel<scalar_t, index_t><<<blocks_for(rows, kWarpsPerBlock), kThreads,
-                                                   0, stream>>>(
-                logits.const_data_ptr<scalar_t>(), logits.stride(0), logits.stride(1),
+            launch_kernel(
+                &ce_forward_kernel<scalar_t, index_t>, blocks_for(rows, kWarpsPerBlock), kThreads,
+                0, stream, logits.const_data_ptr<scalar_t>(), logits.stride(0), logits.stride(1),
                 logits.stride(2),
                 make_targets<scalar_t, index_t>(target, weight, ignore_index, s), s.T,
                 row_outputs<scalar_t>(f, none, target_batch_first), lse.mutable_data_ptr<acc_t>(),
@@ -282,9 +284,9 @@ at::Tensor seq_cross_entropy_backward_cuda(
       at::kHalf, at::kBFloat16, logits.scalar_type(), "seq_cross_entropy_backward_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         RNN_EXT_DISPATCH_TARGET_CUDA(target, [&] {
-          ce_backward_kernel<scalar_t, index_t><<<blocks_for(n, kThreads), kThreads, 0,
-                                                  stream>>>(
-              grad.mutable_data_ptr<scalar_t>(), logits.const_data_ptr<scalar_t>(),
+          launch_kernel(
+              &ce_backward_kernel<scalar_t, index_t>, blocks_for(n, kThreads), kThreads, 0,
+              stream, grad.mutable_data_ptr<scalar_t>(), logits.const_data_ptr<scalar_t>(),
               logits.stride(0), logits.stride(1), logits.stride(2),
               lse.const_data_ptr<acc_t>(), lse.stride(0), lse.stride(1),
               make_targets<scalar_t, index_t>(target, weight, ignore_index, s),
@@ -299,11 +301,13 @@ at::Tensor seq_cross_entropy_backward_cuda(
 
 }  // namespace
 
+#ifndef RNN_EXT_CUDA_EMULATION  // the emulation calls the functions above directly
 TORCH_LIBRARY_IMPL(rnn_ext, CUDA, m) {
   m.impl("seq_nll_loss_forward", &seq_nll_loss_forward_cuda);
   m.impl("seq_nll_loss_backward", &seq_nll_loss_backward_cuda);
   m.impl("seq_cross_entropy_forward", &seq_cross_entropy_forward_cuda);
   m.impl("seq_cross_entropy_backward", &seq_cross_entropy_backward_cuda);
 }
+#endif
 
 }  // namespace rnn_ext

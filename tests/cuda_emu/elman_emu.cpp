@@ -1,14 +1,19 @@
 // The Elman CUDA kernels of csrc/cuda/elman_kernels.cuh, compiled for the host and run through
 // the emulation of cuda_emu.h, on CPU tensors: a Python module for tests/test_cuda_emulated.py
-// (built by torch.utils.cpp_extension.load, with seq_nll_emu.cpp for the loss kernels). Each
-// function prepares the kernel's arguments exactly as csrc/cuda/elman_cuda.cu does (the same
-// buffers, the same PersistentArgs), runs one launch, and returns what the host code would read
-// back.
+// (built by torch.utils.cpp_extension.load, with seq_nll_emu.cpp for the loss kernels). Two
+// levels:
+//   - one kernel launch: each function below prepares the kernel's arguments as
+//     csrc/cuda/elman_cuda.cu does (the same buffers, the same PersistentArgs), runs one launch,
+//     and returns what the host code would read back;
+//   - the host code itself: csrc/cuda/elman_cuda.cu is compiled here, whole, with its CUDA calls
+//     emulated by cuda_host_emu.h (RNN_EXT_CUDA_EMULATION), and its operator entry points
+//     (elman_forward_cuda, ...) are exposed as they are registered for the CUDA dispatch key.
 #include <torch/extension.h>
 
-#include "cuda_emu.h"  // after the PyTorch headers, before the kernels
+#include "cuda_emu.h"       // after the PyTorch headers, before the kernels
+#include "cuda_host_emu.h"  // the CUDA runtime and c10::cuda calls of the host code
 
-#include "cuda/elman_kernels.cuh"
+#include "cuda/elman_cuda.cu"  // the host code, and through it elman_kernels.cuh
 #include "cuda/persistent_plan.h"
 
 #include <string>
@@ -285,11 +290,71 @@ std::tuple<int64_t, int64_t> grid_barrier(int64_t blocks, int64_t iters) {
 
 }  // namespace
 
+// The operator entry points of csrc/cuda/elman_cuda.cu, called as the dispatcher calls them.
+void register_host_code(py::module& m) {
+  using OptT = std::optional<at::Tensor>;
+  m.def(
+      "elman_forward",
+      [](const at::Tensor& input, const at::Tensor& h_0, const at::Tensor& weight_ih,
+         const at::Tensor& weight_hh, const OptT& bias_ih, const OptT& bias_hh,
+         const std::string& nonlinearity, bool reverse, const OptT& lengths) {
+        return rnn_ext::elman_forward_cuda(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh,
+                                           nonlinearity, reverse, lengths);
+      },
+      py::arg("input"), py::arg("h_0"), py::arg("weight_ih"), py::arg("weight_hh"),
+      py::arg("bias_ih"), py::arg("bias_hh"), py::arg("nonlinearity"), py::arg("reverse"),
+      py::arg("lengths"));
+  m.def(
+      "elman_backward",
+      [](const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
+         const at::Tensor& h_0, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+         const at::Tensor& output, const std::string& nonlinearity, bool reverse,
+         const OptT& lengths, std::array<bool, 2> output_mask) {
+        return rnn_ext::elman_backward_cuda(grad_output, grad_h_n, input, h_0, weight_ih,
+                                            weight_hh, output, nonlinearity, reverse, lengths,
+                                            output_mask);
+      },
+      py::arg("grad_output"), py::arg("grad_h_n"), py::arg("input"), py::arg("h_0"),
+      py::arg("weight_ih"), py::arg("weight_hh"), py::arg("output"), py::arg("nonlinearity"),
+      py::arg("reverse"), py::arg("lengths"), py::arg("output_mask"));
+  m.def(
+      "elman_cell_forward",
+      [](const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
+         const at::Tensor& weight_hh, const OptT& bias_ih, const OptT& bias_hh,
+         const std::string& nonlinearity) {
+        return rnn_ext::elman_cell_forward_cuda(input, hx, weight_ih, weight_hh, bias_ih,
+                                                bias_hh, nonlinearity);
+      });
+  m.def("elman_cell_backward",
+        [](const at::Tensor& grad_hy, const at::Tensor& input, const at::Tensor& hx,
+           const at::Tensor& weight_ih, const at::Tensor& weight_hh, const at::Tensor& hy,
+           const std::string& nonlinearity) {
+          return rnn_ext::elman_cell_backward_cuda(grad_hy, input, hx, weight_ih, weight_hh, hy,
+                                                   nonlinearity);
+        });
+  m.def("persistent_plan", &rnn_ext::persistent_plan_cuda, py::arg("like"), py::arg("B"),
+        py::arg("H"), py::arg("backward"));
+  m.def("grid_barrier_loop", &rnn_ext::grid_barrier_loop_cuda, py::arg("counter"),
+        py::arg("blocks"), py::arg("iters"), py::arg("smem") = 0);
+  m.def("set_device", &cuda_host_emu::set_device, py::arg("device"),
+        "The emulated device the host code runs on next (cuda_host_emu.h: 0, 1 or 2).");
+  m.def(
+      "set_capturing", [](bool on) { cuda_host_emu::g_capturing = on; }, py::arg("on"),
+      "Whether the host code sees an active CUDA-graph capture.");
+  m.def(
+      "launch_counts",
+      [] {
+        return std::make_tuple(cuda_host_emu::g_launches, cuda_host_emu::g_cooperative_launches);
+      },
+      "(ordinary launches, cooperative launches) made by the host code so far.");
+}
+
 void register_seq_nll(py::module& m);  // seq_nll_emu.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "The rnn_ext CUDA kernels run on the CPU by a host emulation (tests only).";
   register_seq_nll(m);
+  register_host_code(m);
   m.def(
       "set_schedule",
       [](uint64_t seed, bool interleaved) {

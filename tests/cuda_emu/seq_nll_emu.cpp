@@ -2,11 +2,14 @@
 // through the emulation of cuda_emu.h on CPU tensors (part of the module of elman_emu.cpp). Each
 // function fills the kernel's arguments as csrc/cuda/seq_nll_cuda.cu does (Targets, GradScale,
 // the per-row buffers, the bad-row record) and runs one launch of `grid` blocks of kThreads.
+// The host code of csrc/cuda/seq_nll_cuda.cu is compiled here too, whole, its CUDA calls
+// emulated by cuda_host_emu.h, and its operator entry points exposed (host_* below).
 #include <torch/extension.h>
 
-#include "cuda_emu.h"  // after the PyTorch headers, before the kernels
+#include "cuda_emu.h"       // after the PyTorch headers, before the kernels
+#include "cuda_host_emu.h"  // the CUDA runtime and c10::cuda calls of the host code
 
-#include "cuda/seq_nll_kernels.cuh"
+#include "cuda/seq_nll_cuda.cu"  // the host code, and through it seq_nll_kernels.cuh
 
 #include <string>
 #include <tuple>
@@ -205,4 +208,35 @@ void register_seq_nll(py::module& m) {
   m.def("ce_backward", &ce_backward, py::arg("grad_loss"), py::arg("logits"), py::arg("target"),
         py::arg("weight"), py::arg("ignore_index"), py::arg("reduction"),
         py::arg("target_batch_first"), py::arg("lse"), py::arg("total_weight"), py::arg("grid"));
+  // The operator entry points of csrc/cuda/seq_nll_cuda.cu, as the dispatcher calls them
+  // (arguments as in the schemas of csrc/rnn_ext.cpp).
+  using OptT = std::optional<at::Tensor>;
+  m.def("seq_nll_loss_forward", [](const at::Tensor& log_probs, const at::Tensor& target,
+                                   const OptT& weight, int64_t ignore_index,
+                                   const std::string& reduction, bool target_batch_first) {
+    return rnn_ext::seq_nll_loss_forward_cuda(log_probs, target, weight, ignore_index, reduction,
+                                              target_batch_first);
+  });
+  m.def("seq_nll_loss_backward",
+        [](const at::Tensor& grad_loss, const at::Tensor& log_probs, const at::Tensor& target,
+           const OptT& weight, int64_t ignore_index, const std::string& reduction,
+           bool target_batch_first, const at::Tensor& total_weight) {
+          return rnn_ext::seq_nll_loss_backward_cuda(grad_loss, log_probs, target, weight,
+                                                     ignore_index, reduction, target_batch_first,
+                                                     total_weight);
+        });
+  m.def("seq_cross_entropy_forward", [](const at::Tensor& logits, const at::Tensor& target,
+                                        const OptT& weight, int64_t ignore_index,
+                                        const std::string& reduction, bool target_batch_first) {
+    return rnn_ext::seq_cross_entropy_forward_cuda(logits, target, weight, ignore_index,
+                                                   reduction, target_batch_first);
+  });
+  m.def("seq_cross_entropy_backward",
+        [](const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+           const OptT& weight, int64_t ignore_index, const std::string& reduction,
+           bool target_batch_first, const at::Tensor& lse, const at::Tensor& total_weight) {
+          return rnn_ext::seq_cross_entropy_backward_cuda(grad_loss, logits, target, weight,
+                                                          ignore_index, reduction,
+                                                          target_batch_first, lse, total_weight);
+        });
 }
