@@ -808,17 +808,69 @@ def test_sequence_cuda_graph_capture(mode):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out, hn, grads = step(args, lengths)
+    new_lengths = torch.tensor([2, 6, 6, 1, 4], device="cuda")  # read from device memory
     with torch.no_grad():
         for a, n in zip(args, new_args):
             a.copy_(n)
+        lengths.copy_(new_lengths)
     graph.replay()
     torch.cuda.synchronize()
     ref_out, ref_hn, ref_grads = step([a.detach().clone().requires_grad_() for a in new_args],
-                                      lengths)
+                                      new_lengths)
     assert rel_err(out, ref_out) <= 1e-6 and rel_err(hn, ref_hn) <= 1e-6
     for g, r in zip(grads, ref_grads):
         assert rel_err(g, r) <= 1e-6
-    with pytest.raises(RuntimeError, match="lengths is on the CPU, but the current CUDA stream "
+    cpu_lengths = new_lengths.cpu()  # before the capture: a device-to-host copy syncs
+    with pytest.raises(RuntimeError, match="lengths is on cpu, but the current CUDA stream "
                                            "is being captured into a CUDA graph"):
         with torch.cuda.graph(torch.cuda.CUDAGraph()):
-            rnn_ext.elman_rnn(*args, lengths=lengths.cpu())
+            rnn_ext.elman_rnn(*args, lengths=cpu_lengths)
+
+
+_DEVICE_ASSERT_SCRIPT = r"""
+import sys, torch, rnn_ext
+kind = sys.argv[1]
+x = torch.randn(3, 2, 5, device="cuda")
+if kind == "loss":
+    static = torch.tensor([[1, 2, 3], [4, 0, -100]], device="cuda")
+    run = lambda: rnn_ext.seq_cross_entropy(x, static)
+    bad = torch.tensor([[1, 2, 3], [4, 9, -100]], device="cuda")
+else:
+    w_ih, w_hh, h0 = torch.randn(4, 5, device="cuda"), torch.randn(4, 4, device="cuda"), \
+        torch.zeros(2, 4, device="cuda")
+    static = torch.tensor([3, 2], device="cuda")
+    run = lambda: rnn_ext.elman_rnn(x, h0, w_ih, w_hh, lengths=static)
+    bad = torch.tensor([3, 0], device="cuda")
+side = torch.cuda.Stream()
+side.wait_stream(torch.cuda.current_stream())
+with torch.cuda.stream(side):
+    run()
+torch.cuda.current_stream().wait_stream(side)
+graph = torch.cuda.CUDAGraph()
+with torch.cuda.graph(graph):
+    run()
+graph.replay()
+torch.cuda.synchronize()
+print("valid replay ok", flush=True)
+static.copy_(bad)
+graph.replay()
+torch.cuda.synchronize()
+print("bad replay not stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["loss", "lengths"])
+def test_capture_device_asserts_fire(kind, tmp_path):
+    """Under CUDA-graph capture the target / lengths checks are device-side asserts: a replay
+    with a bad value copied into the captured input stops with one (in a subprocess: a device
+    assert ends the process's CUDA context), after a replay with valid values ran."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "device_assert.py"
+    script.write_text(_DEVICE_ASSERT_SCRIPT)
+    res = subprocess.run([sys.executable, str(script), kind], capture_output=True, text=True,
+                         timeout=300, cwd=str(tmp_path))
+    assert "valid replay ok" in res.stdout, res.stderr[-3000:]
+    assert "bad replay not stopped" not in res.stdout and res.returncode != 0, res.stdout
+    assert "device-side assert" in res.stderr or "Assertion" in res.stderr, res.stderr[-3000:]

@@ -853,29 +853,60 @@ def test_host_grid_barrier_loop(host):
     assert counter.tolist() == [5, 0]
 
 
+class NoReadBack(torch.utils._python_dispatch.TorchDispatchMode):
+    """Raises on a read-back of a tensor's value to the host (aten::_local_scalar_dense, what
+    .item() runs), which CUDA-graph capture forbids; it sees the ATen calls that the
+    extension's C++ code makes too. (A copy to the CPU, the other kind of read-back, cannot
+    show here: every emulated tensor is on the CPU already.)"""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise AssertionError("a read-back (.item()) during capture")
+        return func(*args, **(kwargs or {}))
+
+
 def test_host_capture_branches(host):
-    """While a CUDA graph is being captured: CPU lengths are refused with a clear error (their
-    copy to the device would synchronise), and the loss ops check targets with a device-side
-    assert instead of reading the record back (on the CPU, at::_assert_async raises at once)."""
+    """While a CUDA graph is being captured (emulated: the capture status the host code reads;
+    read-backs forbidden by NoReadBack): the Elman ops check lengths on the device with a
+    device-side assert, and the loss ops their targets (on the CPU, at::_assert_async raises at
+    once, with its message); without capture, the same bad values give the CPU's errors."""
     args = _elman_args(3, 2, 4, 5, torch.float32)
-    host.set_capturing(True)
-    with pytest.raises(RuntimeError, match="lengths is on the CPU, but the current CUDA stream "
-                                           "is being captured into a CUDA graph"):
-        host.elman_forward(*args, "tanh", False, torch.tensor([3, 1]))
-    out, h_n = host.elman_forward(*args, "tanh", False, None)
-    ref_out, _ = torch.ops.rnn_ext.elman_forward(*args, "tanh", False, None)
-    assert _rel(out, ref_out) <= 2e-5
+    lengths = torch.tensor([3, 1])
+    ref = torch.ops.rnn_ext.elman_forward(*args, "tanh", False, lengths)
     x = torch.randn(3, 2, 7).log_softmax(-1)
     good = torch.tensor([[1, 2, 3], [4, 5, -100]])
-    loss, tw = host.seq_nll_loss_forward(x, good, None, -100, "mean", True)
-    torch.testing.assert_close(loss, torch.ops.rnn_ext.seq_nll_loss_forward(
-        x, good, None, -100, "mean", True)[0])
     bad = torch.tensor([[1, 2, 3], [4, 9, -100]])
-    with pytest.raises(RuntimeError, match="target value is outside|single nonzero value"):
-        host.seq_nll_loss_forward(x, bad, None, -100, "mean", True)
+    ref_loss = torch.ops.rnn_ext.seq_nll_loss_forward(x, good, None, -100, "mean", True)
+    host.set_capturing(True)
+    with NoReadBack():
+        for lens in (None, lengths):
+            out, h_n = host.elman_forward(*args, "tanh", False, lens)
+            gx = host.elman_backward(torch.ones_like(out), torch.ones_like(h_n), *args[:4], out,
+                                     "tanh", False, lens, [True, True])[0]
+            assert gx.shape == args[0].shape
+        loss = host.seq_nll_loss_forward(x, good, None, -100, "mean", True)[0]
+        with pytest.raises(RuntimeError, match=r"a target value is outside \[0, C\) and is "
+                                               "not ignore_index .checked on the device"):
+            host.seq_nll_loss_forward(x, bad, None, -100, "mean", True)
+        for bad_lengths in ([0, 1], [3, 4]):
+            with pytest.raises(RuntimeError, match=r"a length is outside \[1, T\] .checked on "
+                                                   "the device"):
+                host.lengths_on_device(torch.tensor(bad_lengths), "cpu", 3)
+        with pytest.raises(RuntimeError, match="lengths is on cpu, but the current CUDA stream "
+                                               "is being captured into a CUDA graph, where it "
+                                               "cannot be copied to the device; pass lengths "
+                                               "on input's device meta"):
+            host.lengths_on_device(lengths, "meta", 3)
     host.set_capturing(False)
+    assert _rel(out, ref[0]) <= 2e-5 and _rel(h_n, ref[1]) <= 2e-5
+    torch.testing.assert_close(loss, ref_loss[0])
     with pytest.raises(IndexError, match="9"):
         host.seq_nll_loss_forward(x, bad, None, -100, "mean", True)
+    with pytest.raises(ValueError, match=r"lengths\[0\] = 0"):
+        host.lengths_on_device(torch.tensor([0, 1]), "cpu", 3)
+    assert host.lengths_on_device(lengths, "meta", 3).device.type == "meta"
+    with pytest.raises(AssertionError, match="a read-back"), NoReadBack():
+        host.seq_nll_loss_forward(x, good, None, -100, "mean", True)  # the check sees .item()
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])

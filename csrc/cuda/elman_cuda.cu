@@ -266,12 +266,14 @@ bool launch_persistent(const char* op, const Plan& p, PersistentArgs args, bool 
 // ---------------------------------------------------------------------------------------------
 // Forward and backward over a validated sequence.
 
-// lengths (validated by check_elman_forward_args but for the values of a CUDA tensor) as a
-// contiguous int64 tensor on `device`, or an undefined tensor when absent. The values of CUDA
-// lengths are checked here: read back to the host (a synchronisation) for the ValueError, or,
-// while the current stream is being captured into a CUDA graph (where a read-back is not
-// allowed), by a device-side assert (at::_assert_async). CPU lengths cannot be used during
-// capture: their copy to the device would synchronise, and a replay would read host memory.
+// lengths (validated by check_elman_forward_args, but for the values of lengths on the GPU) as
+// a contiguous int64 tensor on `device` (input's), or an undefined tensor when absent.
+//   - lengths already on `device`: their values are checked here, read back to the host (a
+//     synchronisation) for check_length_values' ValueError, or, while the current stream is
+//     being captured into a CUDA graph (where a read-back is not allowed), by a device-side
+//     assert (at::_assert_async: a bad length stops the replay);
+//   - lengths on the CPU: copied to `device`; refused during capture, where a copy from
+//     pageable host memory cannot be captured.
 // Call under the device guard.
 at::Tensor lengths_on_device(const char* op, const std::optional<at::Tensor>& lengths,
                              const at::Device& device, int64_t T) {
@@ -281,13 +283,14 @@ at::Tensor lengths_on_device(const char* op, const std::optional<at::Tensor>& le
   const at::Tensor& l = *lengths;
   const bool capturing =
       c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
-  if (l.device().is_cpu()) {
-    TORCH_CHECK(!capturing, op, ": lengths is on the CPU, but the current CUDA stream is being "
-                "captured into a CUDA graph, where it cannot be copied to the device; pass "
-                "lengths on input's device ", device);
+  if (l.device() != device) {
+    TORCH_CHECK(!capturing, op, ": lengths is on ", l.device(), ", but the current CUDA "
+                "stream is being captured into a CUDA graph, where it cannot be copied to the "
+                "device; pass lengths on input's device ", device);
     return l.to(device, at::kLong).contiguous();
   }
   if (capturing) {
+    // The message must stay under 255 characters (at::_assert_async's limit on CUDA).
     at::_assert_async(l.ge(1).logical_and(l.le(T)).all(),
                       "rnn_ext::elman: a length is outside [1, T] (checked on the device during "
                       "CUDA-graph capture)");
@@ -455,9 +458,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
   const Activation act = parse_nonlinearity(nonlinearity, op);
   const ElmanSizes s = check_elman_forward_args(op, input, h_0, weight_ih, weight_hh,
                                                 std::nullopt, std::nullopt, lengths);
-  check_elman_backward_args(op, s, input, grad_output, grad_h_n, output);
   const c10::cuda::CUDAGuard guard(input.device());
+  // Before the gradients' checks, so that a bad length is reported first, as on the CPU.
   const at::Tensor len_dev = lengths_on_device(op, lengths, input.device(), s.T);
+  check_elman_backward_args(op, s, input, grad_output, grad_h_n, output);
   return elman_backward_impl(op, grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, output,
                              act, reverse, len_dev, s, true, output_mask);
 }

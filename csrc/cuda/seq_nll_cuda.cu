@@ -70,6 +70,7 @@ Targets<scalar_t, index_t> make_targets(const at::Tensor& target,
 void raise_if_bad_row(const char* op, const at::Tensor& bad, const at::Tensor& target,
                       const SeqLossSizes& s, int64_t ignore_index, bool target_batch_first) {
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    // The message must stay under 255 characters (at::_assert_async's limit on CUDA).
     at::_assert_async(bad.eq(kNoBadRow),
                       "rnn_ext sequence loss: a target value is outside [0, C) and is not "
                       "ignore_index (checked on the device during CUDA-graph capture)");

@@ -15,7 +15,10 @@
 //     cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize) set) fails, and the
 //     occupancy query then answers 0 blocks;
 //   - a cooperative grid larger than the blocks resident at once (occupancy x SMs) fails with
-//     cudaErrorCooperativeLaunchTooLarge, launching nothing.
+//     cudaErrorCooperativeLaunchTooLarge, launching nothing;
+//   - a failed launch leaves its error as the runtime's last error, which cudaGetLastError
+//     returns and clears and C10_CUDA_KERNEL_LAUNCH_CHECK raises (so host code that does not
+//     clear a handled error fails at its next launch check, as on the device).
 // The occupancy answer counts threads and shared memory only (no registers).
 // Capture (set_capturing): c10::cuda::currentStreamCaptureStatusMayInitCtx reports an active
 // CUDA-graph capture, so the host code's capture branches run.
@@ -27,6 +30,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -76,6 +80,8 @@ inline int g_device = 0;
 inline bool g_capturing = false;
 inline std::map<std::pair<int, const void*>, size_t> g_smem_limit;  // (device, kernel) -> bytes
 inline int64_t g_launches = 0, g_cooperative_launches = 0;
+// The runtime's last error (set by a failed launch; cudaGetLastError returns and clears it).
+inline cudaError_t g_last_error = cudaSuccess;
 
 inline const Device& device() { return kDevices[g_device]; }
 
@@ -83,6 +89,7 @@ inline void set_device(int d) {
   TORCH_CHECK(d >= 0 && d < kNumDevices, "cuda_host_emu: device must be in [0, ", kNumDevices,
               "), got ", d);
   g_device = d;
+  g_last_error = cudaSuccess;
 }
 
 inline size_t smem_limit(const void* kernel) {
@@ -96,6 +103,41 @@ inline int blocks_per_sm(const void* kernel, int threads, size_t smem) {
   const int by_threads = kMaxThreadsPerSm / threads;
   const size_t by_smem = device().smem_per_sm / (smem + device().smem_reserved);
   return static_cast<int>(std::min<size_t>(by_threads, by_smem));
+}
+
+inline cudaError_t fail(cudaError_t e) {
+  g_last_error = e;
+  return e;
+}
+
+// An ordinary launch (launch_kernel in csrc/cuda/launch.cuh): checked as the runtime checks it,
+// then run on emulated threads. A launch the runtime would refuse is an error here at once.
+inline void launch(const void* kernel, unsigned grid, unsigned block, size_t smem, cudaStream_t,
+                   const std::function<void()>& body) {
+  TORCH_CHECK(smem <= smem_limit(kernel), "cuda_host_emu: a launch with ", smem,
+              " bytes of dynamic shared memory, above the kernel's limit of ",
+              smem_limit(kernel), " (cudaFuncSetAttribute)");
+  ++g_launches;
+  cuda_emu::launch(grid, block, smem, body);
+}
+
+// A cooperative launch (launch_cooperative in csrc/cuda/launch.cuh): refused, with the error
+// code the runtime gives (also left as the last error), when the kernel's shared-memory limit
+// is exceeded, the device has no cooperative launch, or the grid is not resident at once.
+inline cudaError_t launch_cooperative(const void* kernel, unsigned grid, unsigned block,
+                                      size_t smem, cudaStream_t,
+                                      const std::function<void()>& body) {
+  if (smem > smem_limit(kernel) || !device().cooperative) {
+    return fail(cudaErrorInvalidValue);
+  }
+  const int64_t resident =
+      static_cast<int64_t>(blocks_per_sm(kernel, static_cast<int>(block), smem)) * device().sms;
+  if (device().refuse_cooperative || static_cast<int64_t>(grid) > resident) {
+    return fail(cudaErrorCooperativeLaunchTooLarge);
+  }
+  ++g_cooperative_launches;
+  cuda_emu::launch(grid, block, smem, body);
+  return cudaSuccess;
 }
 
 }  // namespace cuda_host_emu
@@ -124,7 +166,11 @@ inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const v
   return cudaSuccess;
 }
 
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t e = cuda_host_emu::g_last_error;
+  cuda_host_emu::g_last_error = cudaSuccess;
+  return e;
+}
 
 // ---------------------------------------------------------------------------------------------
 // c10::cuda
@@ -159,49 +205,5 @@ inline CaptureStatus currentStreamCaptureStatusMayInitCtx() {
     TORCH_CHECK(rnn_ext_emu_err == cudaSuccess, "CUDA error (emulated): ", #EXPR, " -> ", \
                 static_cast<int>(rnn_ext_emu_err));                                        \
   } while (0)
-#define C10_CUDA_KERNEL_LAUNCH_CHECK() \
-  do {                                 \
-  } while (0)
+#define C10_CUDA_KERNEL_LAUNCH_CHECK() C10_CUDA_CHECK(cudaGetLastError())
 
-// ---------------------------------------------------------------------------------------------
-// The launches of csrc/cuda/launch.cuh.
-
-namespace rnn_ext {
-namespace cuda_detail {
-
-template <typename T>
-struct NonDeduced {
-  using type = T;
-};
-
-template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), unsigned grid, unsigned block, size_t smem,
-                   cudaStream_t, Args&&... args) {
-  TORCH_CHECK(smem <= cuda_host_emu::smem_limit(reinterpret_cast<const void*>(kernel)),
-              "cuda_host_emu: a launch with ", smem, " bytes of dynamic shared memory, above ",
-              "the kernel's limit (cudaFuncSetAttribute)");
-  ++cuda_host_emu::g_launches;
-  cuda_emu::launch(grid, block, smem, [&] { kernel(args...); });
-}
-
-template <typename... Params>
-cudaError_t launch_cooperative(void (*kernel)(Params...), unsigned grid, unsigned block,
-                               size_t smem, cudaStream_t,
-                               typename NonDeduced<Params>::type... args) {
-  const void* k = reinterpret_cast<const void*>(kernel);
-  if (smem > cuda_host_emu::smem_limit(k) || !cuda_host_emu::device().cooperative) {
-    return cudaErrorInvalidValue;
-  }
-  const int64_t resident = static_cast<int64_t>(cuda_host_emu::blocks_per_sm(
-                               k, static_cast<int>(block), smem)) *
-                           cuda_host_emu::device().sms;
-  if (cuda_host_emu::device().refuse_cooperative || static_cast<int64_t>(grid) > resident) {
-    return cudaErrorCooperativeLaunchTooLarge;
-  }
-  ++cuda_host_emu::g_cooperative_launches;
-  cuda_emu::launch(grid, block, smem, [&] { kernel(args...); });
-  return cudaSuccess;
-}
-
-}  // namespace cuda_detail
-}  // namespace rnn_ext

@@ -332,6 +332,15 @@ void register_host_code(py::module& m) {
           return rnn_ext::elman_cell_backward_cuda(grad_hy, input, hx, weight_ih, weight_hh, hy,
                                                    nonlinearity);
         });
+  m.def(
+      "lengths_on_device",
+      [](const OptT& lengths, const std::string& device, int64_t T) {
+        return rnn_ext::lengths_on_device("lengths_on_device", lengths, at::Device(device), T);
+      },
+      py::arg("lengths"), py::arg("device"), py::arg("T"),
+      "elman_cuda.cu's lengths_on_device: lengths on `device` (input's) are value-checked, "
+      "others copied there (the emulated entry points only reach the first case, all tensors "
+      "being on the CPU).");
   m.def("persistent_plan", &rnn_ext::persistent_plan_cuda, py::arg("like"), py::arg("B"),
         py::arg("H"), py::arg("backward"));
   m.def("grid_barrier_loop", &rnn_ext::grid_barrier_loop_cuda, py::arg("counter"),
