@@ -747,6 +747,21 @@ def test_losses_opcheck_cuda():
             torch.library.opcheck(fwd.default, (x, tgt.cuda(), w.cuda(), -100, reduction, True))
 
 
+def capture_graph(fn):
+    """Runs fn once on a side stream (the warm-up torch.cuda.graph's doc asks for), then
+    captures it in a CUDA graph. Returns (graph, what fn returned while captured: the static
+    outputs that each replay rewrites)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 @pytest.mark.parametrize("kind", ["nll", "ce"])
 def test_losses_cuda_graph_capture(kind):
     """The loss ops make no host read-back while the stream is captured (their bad-target check
@@ -763,14 +778,7 @@ def test_losses_cuda_graph_capture(kind):
         (grad,) = torch.autograd.grad(loss, static_x)
         return loss, grad
 
-    side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graph's doc says
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        loss, grad = step()
+    graph, (loss, grad) = capture_graph(step)
     with torch.no_grad():
         static_x.copy_(x2.cuda())
         static_tgt.copy_(tgt2.cuda())
@@ -800,14 +808,7 @@ def test_sequence_cuda_graph_capture(mode):
         grads = torch.autograd.grad((out * gy).sum() + (hn * ghn).sum(), leaves)
         return out, hn, grads
 
-    side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graph's doc says
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step(args, lengths)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out, hn, grads = step(args, lengths)
+    graph, (out, hn, grads) = capture_graph(lambda: step(args, lengths))
     new_lengths = torch.tensor([2, 6, 6, 1, 4], device="cuda")  # read from device memory
     with torch.no_grad():
         for a, n in zip(args, new_args):
