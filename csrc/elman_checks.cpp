@@ -95,7 +95,7 @@ ElmanSizes check_elman_forward_args(
 }
 
 void check_length_values(const char* op, const at::Tensor& lengths, int64_t T) {
-  const auto lc = lengths.to(at::kCPU, at::kLong).contiguous();
+  const at::Tensor lc = lengths_on_cpu(lengths);
   const int64_t* p = lc.const_data_ptr<int64_t>();
   for (const auto b : c10::irange(lc.numel())) {
     TORCH_CHECK_VALUE(

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 import rnn_ext
+from cuda_cases import REL_TOL, capture_graph, make_args, rel_err
 from rnn_ext import ops
 
 pytestmark = [
@@ -29,20 +30,6 @@ pytestmark = [
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 MODES = ["off", "require"]  # cuBLAS step loop, persistent kernel
-
-# Relative error bounds ||got - ref|| / ||ref|| against a float64 reference computed from the
-# same rounded inputs, per dtype (outputs are rounded to the dtype every step).
-REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    got = got.detach().double().cpu()
-    ref = ref.detach().double().cpu()
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    assert not torch.isnan(got).any(), "NaN in the result (an unwritten element?)"
-    denom = ref.norm().item()
-    diff = (got - ref).norm().item()
-    return diff / denom if denom > 0 else diff
 
 
 def assert_close_rel(got, ref, dtype, what=""):
@@ -75,23 +62,6 @@ def poison_cuda_allocator():
     blocks = [torch.full((1 << 17,), -1, **ones) for _ in range(64)]  # small pool
     blocks += [torch.full((1 << 22,), -1, **ones) for _ in range(8)]  # large pool
     del blocks
-
-
-def make_args(T, B, I, H, dtype, bias=True, seed=0, scale=None):
-    """Random arguments of elman_forward on the CPU (the caller moves them)."""
-    g = torch.Generator().manual_seed(seed)
-    s = scale if scale is not None else 1.0 / math.sqrt(H)
-
-    def rnd(*shape, a=1.0):
-        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * a).to(dtype)
-
-    x = rnd(T, B, I)
-    h0 = rnd(B, H, a=0.5)
-    wih = rnd(H, I, a=s)
-    whh = rnd(H, H, a=s)
-    bih = rnd(H, a=s) if bias else None
-    bhh = rnd(H, a=s) if bias else None
-    return x, h0, wih, whh, bih, bhh
 
 
 def to(t, device, dtype=None, grad=False):
@@ -747,21 +717,6 @@ def test_losses_opcheck_cuda():
             torch.library.opcheck(fwd.default, (x, tgt.cuda(), w.cuda(), -100, reduction, True))
 
 
-def capture_graph(fn):
-    """Runs fn once on a side stream (the warm-up torch.cuda.graph's doc asks for), then
-    captures it in a CUDA graph. Returns (graph, what fn returned while captured: the static
-    outputs that each replay rewrites)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
-
-
 @pytest.mark.parametrize("kind", ["nll", "ce"])
 def test_losses_cuda_graph_capture(kind):
     """The loss ops make no host read-back while the stream is captured (their bad-target check
@@ -830,7 +785,9 @@ def test_sequence_cuda_graph_capture(mode):
 
 _DEVICE_ASSERT_SCRIPT = r"""
 import sys, torch, rnn_ext
-kind = sys.argv[1]
+kind, tests_dir = sys.argv[1:3]
+sys.path.insert(0, tests_dir)
+from cuda_cases import capture_graph
 x = torch.randn(3, 2, 5, device="cuda")
 if kind == "loss":
     static = torch.tensor([[1, 2, 3], [4, 0, -100]], device="cuda")
@@ -842,14 +799,7 @@ else:
     static = torch.tensor([3, 2], device="cuda")
     run = lambda: rnn_ext.elman_rnn(x, h0, w_ih, w_hh, lengths=static)
     bad = torch.tensor([3, 0], device="cuda")
-side = torch.cuda.Stream()
-side.wait_stream(torch.cuda.current_stream())
-with torch.cuda.stream(side):
-    run()
-torch.cuda.current_stream().wait_stream(side)
-graph = torch.cuda.CUDAGraph()
-with torch.cuda.graph(graph):
-    run()
+graph, _ = capture_graph(run)
 graph.replay()
 torch.cuda.synchronize()
 print("valid replay ok", flush=True)
@@ -867,11 +817,13 @@ def test_capture_device_asserts_fire(kind, tmp_path):
     assert ends the process's CUDA context), after a replay with valid values ran."""
     import subprocess
     import sys
+    from pathlib import Path
 
     script = tmp_path / "device_assert.py"
     script.write_text(_DEVICE_ASSERT_SCRIPT)
-    res = subprocess.run([sys.executable, str(script), kind], capture_output=True, text=True,
-                         timeout=300, cwd=str(tmp_path))
+    tests_dir = str(Path(__file__).resolve().parent)  # for cuda_cases.capture_graph
+    res = subprocess.run([sys.executable, str(script), kind, tests_dir], capture_output=True,
+                         text=True, timeout=300, cwd=str(tmp_path))
     assert "valid replay ok" in res.stdout, res.stderr[-3000:]
     assert "bad replay not stopped" not in res.stdout and res.returncode != 0, res.stdout
     assert "device-side assert" in res.stderr or "Assertion" in res.stderr, res.stderr[-3000:]

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cuda_cases import REL_TOL, make_args, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -437,16 +438,24 @@ def test_pointwise_step_kernels(emu, dtype, with_lengths):
 
 
 def test_grid_barrier_kernel(emu):
-    """The barrier microbenchmark's kernel (rnn_ext::_grid_barrier_loop) counts its barriers
-    once and finds every epoch check passed, on one block and on several, in both schedules
-    (a kernel without its grid.sync fails the check: the block-greedy schedule runs a block's
-    loop before its neighbour has written anything)."""
+    """The barrier microbenchmark's kernel, launched by its host code (rnn_ext::
+    _grid_barrier_loop, on emulated device 0), counts its barriers once and finds every epoch
+    check passed, on one block and on several, in both schedules (a kernel without its
+    grid.sync fails the check: the block-greedy schedule runs a block's loop before its
+    neighbour has written anything)."""
+
+    def barrier(blocks, iters):
+        counter = torch.zeros(2, dtype=torch.int64)
+        emu.grid_barrier_loop(counter, blocks, iters)
+        return tuple(counter.tolist())
+
+    emu.set_device(0)
     try:
         for seed, interleaved in ((0, False), (3, False), (1, True)):
             emu.set_schedule(seed, interleaved)
-            assert emu.grid_barrier(1, 3) == (3, 0)
-            assert emu.grid_barrier(5, 7) == (7, 0)
-            assert emu.grid_barrier(4, 0) == (0, 0)
+            assert barrier(1, 3) == (3, 0)
+            assert barrier(5, 7) == (7, 0)
+            assert barrier(4, 0) == (0, 0)
     finally:
         emu.set_schedule(0, False)
 
@@ -659,18 +668,7 @@ def test_seq_loss_kernels_record_the_first_bad_row(emu, tbf):
 # operators in float64.
 
 HOST_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-# ||got - ref|| / ||ref|| against the CPU operator in float64 (as tests/test_cuda.py).
-HOST_REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 1e-2,
-                torch.bfloat16: 5e-2}
 GRAD_NAMES = ("grad_input", "grad_h_0", "grad_weight_ih", "grad_weight_hh", "grad_bias")
-
-
-def _rel(got, ref):
-    got, ref = got.double(), ref.double()
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    assert not torch.isnan(got).any(), "NaN in the result"
-    denom = ref.norm().item()
-    return (got - ref).norm().item() / (denom if denom > 0 else 1.0)
 
 
 @pytest.fixture
@@ -686,17 +684,6 @@ def host(emu, monkeypatch):
     emu.set_capturing(False)
 
 
-def _elman_args(T, B, I, H, dtype, bias=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    s = 1.0 / math.sqrt(max(H, 1))
-
-    def rnd(*shape, a=1.0):
-        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * a).to(dtype)
-
-    return (rnd(T, B, I), rnd(B, H, a=0.5), rnd(H, I, a=s), rnd(H, H, a=s),
-            rnd(H, a=s) if bias else None, rnd(H, a=s) if bias else None)
-
-
 def _as64(args):
     return [None if a is None else a.double() for a in args]
 
@@ -706,13 +693,13 @@ def check_host_sequence(emu, T, B, I, H, dtype, act="tanh", reverse=False, lengt
     """elman_forward_cuda / elman_backward_cuda against the CPU operators in float64. The
     backward's reference is given the emulated forward's output (for 16-bit types the
     end-to-end float64 reference is ill-conditioned; see isolated_grads in test_cuda.py)."""
-    args = _elman_args(T, B, I, H, dtype, bias, seed)
-    tol = HOST_REL_TOL[dtype]
+    args = make_args(T, B, I, H, dtype, bias, seed)
+    tol = REL_TOL[dtype]
     out, h_n = emu.elman_forward(*args, act, reverse, lengths)
     ref_out, ref_h_n = torch.ops.rnn_ext.elman_forward(*_as64(args), act, reverse, lengths)
     assert out.dtype == h_n.dtype == dtype
-    assert _rel(out, ref_out) <= tol, f"output {_rel(out, ref_out):.2e}"
-    assert _rel(h_n, ref_h_n) <= tol, f"h_n {_rel(h_n, ref_h_n):.2e}"
+    assert rel_err(out, ref_out) <= tol, f"output {rel_err(out, ref_out):.2e}"
+    assert rel_err(h_n, ref_h_n) <= tol, f"h_n {rel_err(h_n, ref_h_n):.2e}"
     if lengths is not None:
         for b, n in enumerate(lengths.tolist()):
             assert (out[n:, b] == 0).all(), "padded steps must output exactly 0"
@@ -730,7 +717,7 @@ def check_host_sequence(emu, T, B, I, H, dtype, act="tanh", reverse=False, lengt
             assert a is None, name
             continue
         assert a.dtype == dtype, name
-        assert _rel(a, r) <= tol, f"{name}: {_rel(a, r):.2e}"
+        assert rel_err(a, r) <= tol, f"{name}: {rel_err(a, r):.2e}"
 
 
 # (T, B, I, H): one block; 15 blocks (5 along B, 3 along H); a plan above the 48 KiB of
@@ -799,7 +786,7 @@ def test_host_fallbacks(host, monkeypatch):
         check_host_sequence(host, 4, 3, 4, H, dtype, "tanh", True, torch.tensor([4, 2, 3]))
         assert host.launch_counts()[1] == before[1], f"device {device}: no persistent launch"
         monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", "require")
-        args = _elman_args(4, 3, 4, H, dtype)
+        args = make_args(4, 3, 4, H, dtype)
         with pytest.raises(RuntimeError, match=f"RNN_EXT_CUDA_PERSISTENT=require, but .*{why}"):
             host.elman_forward(*args, "tanh", False, None)
         like = torch.empty(0, dtype=dtype)
@@ -819,19 +806,19 @@ def test_host_empty_sizes_and_t1(host, monkeypatch):
 def test_host_cell_ops(host, dtype):
     """elman_cell_forward_cuda / elman_cell_backward_cuda (always the cuBLAS path) against the
     CPU cell operators in float64."""
-    x, h, w_ih, w_hh, b_ih, b_hh = _elman_args(1, 6, 5, 37, dtype, seed=3)
+    x, h, w_ih, w_hh, b_ih, b_hh = make_args(1, 6, 5, 37, dtype, seed=3)
     x = x[0]
-    tol = HOST_REL_TOL[dtype]
+    tol = REL_TOL[dtype]
     for act in ("tanh", "relu"):
         hy = host.elman_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, act)
         ref = torch.ops.rnn_ext.elman_cell_forward(*_as64((x, h, w_ih, w_hh, b_ih, b_hh)), act)
-        assert hy.dtype == dtype and _rel(hy, ref) <= tol
+        assert hy.dtype == dtype and rel_err(hy, ref) <= tol
         g = torch.randn(6, 37, generator=torch.Generator().manual_seed(4)).to(dtype)
         got = host.elman_cell_backward(g, x, h, w_ih, w_hh, hy, act)
         want = torch.ops.rnn_ext.elman_cell_backward(g.double(), *_as64((x, h, w_ih, w_hh)),
                                                      hy.double(), act)
         for name, a, r in zip(GRAD_NAMES, got, want):
-            assert a.dtype == dtype and _rel(a, r) <= tol, name
+            assert a.dtype == dtype and rel_err(a, r) <= tol, name
 
 
 def test_host_grid_barrier_loop(host):
@@ -870,7 +857,7 @@ def test_host_capture_branches(host):
     read-backs forbidden by NoReadBack): the Elman ops check lengths on the device with a
     device-side assert, and the loss ops their targets (on the CPU, at::_assert_async raises at
     once, with its message); without capture, the same bad values give the CPU's errors."""
-    args = _elman_args(3, 2, 4, 5, torch.float32)
+    args = make_args(3, 2, 4, 5, torch.float32)
     lengths = torch.tensor([3, 1])
     ref = torch.ops.rnn_ext.elman_forward(*args, "tanh", False, lengths)
     x = torch.randn(3, 2, 7).log_softmax(-1)
@@ -898,7 +885,7 @@ def test_host_capture_branches(host):
                                                "on input's device meta"):
             host.lengths_on_device(lengths, "meta", 3)
     host.set_capturing(False)
-    assert _rel(out, ref[0]) <= 2e-5 and _rel(h_n, ref[1]) <= 2e-5
+    assert rel_err(out, ref[0]) <= 2e-5 and rel_err(h_n, ref[1]) <= 2e-5
     torch.testing.assert_close(loss, ref_loss[0])
     with pytest.raises(IndexError, match="9"):
         host.seq_nll_loss_forward(x, bad, None, -100, "mean", True)

@@ -273,21 +273,6 @@ at::Tensor selftest(const std::string& kind) {
   return out;
 }
 
-// grid_barrier_kernel (the barrier microbenchmark of rnn_ext::_grid_barrier_loop) on `blocks`
-// blocks, as the host code launches it: returns the counter (iters passed, checks failed).
-std::tuple<int64_t, int64_t> grid_barrier(int64_t blocks, int64_t iters) {
-  std::vector<int64_t> counter(2, 0);
-  std::vector<int64_t> flags(static_cast<size_t>(blocks), -1);
-  int64_t* c = counter.data();
-  int64_t* f = flags.data();
-  {
-    py::gil_scoped_release no_gil;
-    cuda_emu::launch(static_cast<unsigned>(blocks), kPersistentThreads, 0,
-                     [c, f, iters] { rnn_ext::cuda_detail::grid_barrier_kernel(c, f, iters); });
-  }
-  return {counter[0], counter[1]};
-}
-
 }  // namespace
 
 // The operator entry points of csrc/cuda/elman_cuda.cu, called as the dispatcher calls them.
@@ -382,7 +367,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("persistent_backward", &persistent_backward, py::arg("grad_output"), py::arg("output"),
         py::arg("grad_h_n"), py::arg("weight_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("act"), py::arg("plan"));
-  m.def("grid_barrier", &grid_barrier, py::arg("blocks"), py::arg("iters"));
   m.def("forward_step", &forward_step, py::arg("out_t"), py::arg("h"), py::arg("lengths"),
         py::arg("t"), py::arg("act"), py::arg("grid"), py::arg("block"));
   m.def("backward_step", &backward_step, py::arg("gy_t"), py::arg("g_carry"),

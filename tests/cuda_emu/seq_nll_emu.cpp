@@ -3,7 +3,8 @@
 // function fills the kernel's arguments as csrc/cuda/seq_nll_cuda.cu does (Targets, GradScale,
 // the per-row buffers, the bad-row record) and runs one launch of `grid` blocks of kThreads.
 // The host code of csrc/cuda/seq_nll_cuda.cu is compiled here too, whole, its CUDA calls
-// emulated by cuda_host_emu.h, and its operator entry points exposed (host_* below).
+// emulated by cuda_host_emu.h, and its operator entry points exposed under their op names
+// (seq_nll_loss_forward, ...; register_seq_nll below).
 #include <torch/extension.h>
 
 #include "cuda_emu.h"       // after the PyTorch headers, before the kernels
