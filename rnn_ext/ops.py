@@ -266,7 +266,18 @@ def cuda_persistent_plan(B: int, H: int, dtype: torch.dtype = torch.float32, *,
     if int(B) < 1 or int(H) < 1:
         raise ValueError(f"cuda_persistent_plan: B and H must be >= 1, got B = {B}, H = {H}")
     like = torch.empty(0, dtype=dtype, device=dev)
-    v = torch.ops.rnn_ext._persistent_plan(like, int(B), int(H), bool(backward))
+    return _plan_from_vector(torch.ops.rnn_ext._persistent_plan(like, int(B), int(H),
+                                                                 bool(backward)))
+
+
+def _plan_from_vector(v) -> Optional[dict]:
+    """The dict of :func:`cuda_persistent_plan` from the ``rnn_ext::_persistent_plan`` op's
+    ``[ok, rb, rj, ks, gb, gj, bt, jt, nbt, njt, padded, smem]`` (``persistent_plan_cuda`` in
+    ``csrc/cuda/elman_cuda.cu`` writes that order; tests/test_cuda_emulated.py checks that both
+    agree), or None when ``ok`` is 0."""
+    if len(v) != len(_PLAN_FIELDS) + 1:
+        raise RuntimeError(f"rnn_ext::_persistent_plan returned {len(v)} values, expected "
+                           f"{len(_PLAN_FIELDS) + 1}: the extension and rnn_ext/ops.py differ")
     if not v[0]:
         return None
     plan = dict(zip(_PLAN_FIELDS, (int(x) for x in v[1:])))

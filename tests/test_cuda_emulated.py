@@ -762,6 +762,34 @@ def test_host_plans_use_opt_in_shared_memory(host, monkeypatch):
     check_host_sequence(host, 3, 2, 3, 300, torch.float32, seed=9)
 
 
+def test_host_plan_vector_matches_python_fields(host):
+    """rnn_ext.ops.cuda_persistent_plan reads the _persistent_plan op's vector by the field
+    order in rnn_ext/ops.py (_PLAN_FIELDS), written a second time in persistent_plan_cuda: the
+    plan it decodes from the host code must be one of the planner's candidates, field for field
+    (shapes with unlike values in every field, so a swap of two fields fails), and no plan
+    decodes to None."""
+    from rnn_ext import ops
+
+    keys = [k for k in ops._PLAN_FIELDS if k != "padded"]
+    for dtype, acc_size in ((torch.float32, 4), (torch.float64, 8), (torch.bfloat16, 4)):
+        like = torch.empty(0, dtype=dtype)
+        for B, H in ((3, 37), (64, 96), (1, 200), (16, 5)):
+            for backward in (False, True):
+                plan = ops._plan_from_vector(host.persistent_plan(like, B, H, backward))
+                assert plan is not None, (dtype, B, H, backward)
+                assert plan["blocks"] == plan["nbt"] * plan["njt"]
+                cands = host.candidate_plans(B, H, acc_size,
+                                                              H200_SMEM_PER_BLOCK, 4)
+                same = [c for c in cands if all(c[k] == plan[k] for k in keys)
+                        and int(c["padded"]) == plan["padded"]]
+                assert same, (f"{dtype} B={B} H={H} backward={backward}: {plan} is none of "
+                              f"the {len(cands)} candidates")
+    host.set_device(1)  # no cooperative launch: no plan
+    assert ops._plan_from_vector(host.persistent_plan(torch.empty(0), 3, 37, False)) is None
+    with pytest.raises(RuntimeError, match="returned 11 values, expected 12"):
+        ops._plan_from_vector([1] * 11)
+
+
 @pytest.mark.parametrize("output_mask", [(True, False), (False, True), (False, False)],
                          ids=str)
 @pytest.mark.parametrize("mode", ["off", "require"])

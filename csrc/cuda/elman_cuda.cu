@@ -507,7 +507,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
 
 // The plan the persistent kernel would launch for (B, H) in like's dtype on like's device:
 // [ok, rb, rj, ks, gb, gj, bt, jt, nbt, njt, padded, smem bytes]; all zero but ok = 0 when no
-// plan fits. The same cached plan elman_forward / elman_backward take.
+// plan fits. The same cached plan elman_forward / elman_backward take. rnn_ext/ops.py reads the
+// vector by its _PLAN_FIELDS, in this order (test_host_plan_vector_matches_python_fields).
 std::vector<int64_t> persistent_plan_cuda(const at::Tensor& like, int64_t B, int64_t H,
                                           bool backward) {
   const char* op = "rnn_ext::_persistent_plan";
