@@ -337,21 +337,27 @@ def test_low_precision_close_to_float64(dtype):
 
 
 def _small_case(bias=True, seed=0, T=4, B=3, I=2, H=3):
+    """[input, h_0, weight_ih, weight_hh, bias_ih, bias_hh], float64, requiring grad; bias:
+    True (both), False (neither), "ih" or "hh" (that one only, the other None)."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*s):
         return (torch.randn(*s, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
 
     args = [r(T, B, I), r(B, H), r(H, I), r(H, H)]
-    args += [r(H), r(H)] if bias else [None, None]
+    args += [r(H) if bias in (True, "ih") else None, r(H) if bias in (True, "hh") else None]
     return args
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", [None, [4, 1, 3]])
-@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("bias", [True, False, "ih", "hh"])
 def test_gradcheck_and_gradgradcheck(nonlinearity, reverse, lengths, bias):
+    """Finite differences of the first and second derivatives, every bias combination: with
+    one bias None the optional argument has no autograd input edge, so the double backward's
+    needs_input_grad must skip it (it once raised "Index out of range", or with lengths
+    silently dropped bias_hh's gradient)."""
     args = _small_case(bias=bias)
     lt = None if lengths is None else torch.tensor(lengths)
 
@@ -369,13 +375,58 @@ def test_gradcheck_and_gradgradcheck(nonlinearity, reverse, lengths, bias):
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_cell_gradcheck_and_gradgradcheck(nonlinearity):
-    x, h, wih, whh, bih, bhh = _small_case(T=1)
-    x = x[0].detach().requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda *a: elman_cell(*a, nonlinearity=nonlinearity), (x, h, wih, whh, bih, bhh))
-    assert torch.autograd.gradgradcheck(
-        lambda *a: elman_cell(*a, nonlinearity=nonlinearity), (x, h, wih, whh, bih, bhh))
+@pytest.mark.parametrize("bias", [True, False, "ih", "hh"])
+def test_cell_gradcheck_and_gradgradcheck(nonlinearity, bias):
+    args = _small_case(bias=bias, T=1)
+    args[0] = args[0][0].detach().requires_grad_()
+    tensors = tuple(a for a in args if a is not None)
+
+    def g(*t):
+        it = iter(t)
+        return elman_cell(*[next(it) if a is not None else None for a in args],
+                          nonlinearity=nonlinearity)
+
+    assert torch.autograd.gradcheck(g, tensors)
+    assert torch.autograd.gradgradcheck(g, tensors)
+
+
+@pytest.mark.parametrize("op,lengths", [("sequence", None), ("sequence", [4, 1, 3]),
+                                        ("cell", None)])
+def test_double_backward_one_bias_partial_requires_grad(op, lengths):
+    """bias_ih = None, bias_hh given and only some arguments requiring grad: the gradients
+    with create_graph=True equal those of the plain backward and of the reference, and the
+    graph they carry differentiates again (nothing dropped, no index error)."""
+    x, h0, wih, whh, _, bhh = _small_case(bias="hh")
+    x, wih = x.detach(), wih.detach()  # constants: the input edges of h_0, W_hh, b_hh only
+    if op == "sequence":
+        lt = None if lengths is None else torch.tensor(lengths)
+
+        def f(fn, *a):
+            out, h_n = fn(*a, "tanh", False, lt)
+            return (out ** 2).sum() + h_n.sum()
+
+        fns = (elman_rnn, elman_rnn_reference)
+    else:
+        x = x[0]
+
+        def f(fn, *a):
+            return (fn(*a) ** 2).sum()
+
+        fns = (elman_cell, lambda *a: torch.tanh(
+            a[0] @ a[2].T + a[1] @ a[3].T + a[5]))
+    wanted = (h0, whh, bhh)
+    plain = torch.autograd.grad(f(fns[0], x, h0, wih, whh, None, bhh), wanted)
+    graph = torch.autograd.grad(f(fns[0], x, h0, wih, whh, None, bhh), wanted,
+                                create_graph=True)
+    ref = torch.autograd.grad(f(fns[1], x, h0, wih, whh, None, bhh), wanted, create_graph=True)
+    for p, g, r in zip(plain, graph, ref):
+        assert g is not None and g.requires_grad
+        torch.testing.assert_close(g, p, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+    second = torch.autograd.grad(sum((g ** 2).sum() for g in graph), wanted)
+    second_ref = torch.autograd.grad(sum((r ** 2).sum() for r in ref), wanted)
+    for a, b in zip(second, second_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_double_backward_equals_reference():

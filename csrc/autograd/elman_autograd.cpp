@@ -62,16 +62,24 @@ at::Tensor broadcast_zero(const at::Tensor& like) {
 
 // The gradients, with a graph, of `outputs` (a recomputation) for the first `n` saved tensors
 // that autograd wants and that require grad; undefined for the others. Double backward.
+// saved[i] is the forward's i-th argument (undefined for an absent optional tensor), but
+// needs_input_grad counts only the tensors that were passed: an absent optional argument
+// (bias_ih = None) has no input edge, so the edges after it are numbered one lower.
 variable_list grads_by_recomputation(AutogradContext* ctx, const variable_list& saved, int64_t n,
                                      const variable_list& outputs,
                                      const variable_list& grad_outputs) {
   variable_list wanted;
   std::vector<int64_t> index;
+  size_t edge = 0;  // input edge of saved[i]: the defined tensors before it
   for (int64_t i = 0; i < n; ++i) {
-    if (saved[i].defined() && ctx->needs_input_grad(i) && saved[i].requires_grad()) {
+    if (!saved[i].defined()) {
+      continue;
+    }
+    if (ctx->needs_input_grad(edge) && saved[i].requires_grad()) {
       wanted.push_back(saved[i]);
       index.push_back(i);
     }
+    ++edge;
   }
   variable_list result(n);
   if (wanted.empty()) {
