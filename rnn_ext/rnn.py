@@ -228,6 +228,11 @@ class RNN(nn.RNNBase):
             # Each row of hx belongs to the sequence the caller passed at that position.
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(x, hx, batch_sizes)
+        # As nn.RNN.forward: the activation follows self.mode (set from nonlinearity at
+        # construction; nn.RNNBase's attribute), not self.nonlinearity.
+        if self.mode != "RNN_TANH" and self.mode != "RNN_RELU":
+            raise AssertionError(f"mode must be RNN_TANH or RNN_RELU, got {self.mode}")
+        nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
         cast = _autocast_dtype(x.device.type)
         x, hx = _autocast(x, cast), _autocast(hx, cast)
         self._check_dtype_device(x, hx)
@@ -255,7 +260,7 @@ class RNN(nn.RNNBase):
                     if self.bias else None
                 out, h_last = elman_rnn(
                     layer_input, hx[layer * num_directions + direction], weight_ih, weight_hh,
-                    bias_ih, bias_hh, self.nonlinearity, direction == 1, lengths,
+                    bias_ih, bias_hh, nonlinearity, direction == 1, lengths,
                 )
                 outputs.append(out)
                 h_n.append(h_last)

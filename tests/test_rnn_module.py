@@ -210,6 +210,29 @@ def test_rnn_surface_is_nn_rnn(kwargs):
     assert list(ours.state_dict()) == list(ref.state_dict())
 
 
+def test_activation_follows_mode_as_nn_rnn():
+    """nn.RNN.forward picks tanh or relu from self.mode (set once from nonlinearity); changing
+    nonlinearity afterwards changes nothing, changing mode switches the activation, an unknown
+    mode is an AssertionError with nn.RNN's message."""
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for attr, value in (("nonlinearity", "relu"), ("mode", "RNN_RELU"), ("mode", "RNN_TANH")):
+        torch.manual_seed(3)
+        ref = nn.RNN(3, 4, nonlinearity="relu" if value == "RNN_TANH" else "tanh").double()
+        ours = RNN(3, 4, nonlinearity="relu" if value == "RNN_TANH" else "tanh").double()
+        ours.load_state_dict(ref.state_dict())
+        setattr(ref, attr, value)
+        setattr(ours, attr, value)
+        for a, b in zip(ours(x), ref(x)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    ref, ours = nn.RNN(3, 4), RNN(3, 4)
+    ref.mode = ours.mode = "LSTM"
+    with pytest.raises(AssertionError) as want:
+        ref(x.float())
+    with pytest.raises(AssertionError) as got:
+        ours(x.float())
+    assert str(got.value) == str(want.value) == "mode must be RNN_TANH or RNN_RELU, got LSTM"
+
+
 def test_cell_surface_is_nn_rnncell():
     for kwargs in (dict(input_size=3, hidden_size=4),
                    dict(input_size=3, hidden_size=4, bias=False, nonlinearity="relu")):
