@@ -35,6 +35,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .ops import _check_fake_devices
+
 
 __all__ = ["seq_nll_loss", "seq_cross_entropy", "SeqNLLLoss", "SeqCrossEntropyLoss"]
 
@@ -227,7 +229,8 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _fake_loss_and_total_weight(input, target, reduction):
+def _fake_loss_and_total_weight(op, input_name, input, target, weight, reduction):
+    _check_fake_devices(op, input_name, input, target=target, weight=weight)
     torch._check(input.dim() == 3,
                  lambda: f"expected an input of rank 3 (T, B, C), got {tuple(input.shape)}")
     torch._check(target.dim() == 2,
@@ -239,19 +242,24 @@ def _fake_loss_and_total_weight(input, target, reduction):
 @torch.library.register_fake("rnn_ext::seq_nll_loss_forward")
 def _seq_nll_loss_forward_fake(log_probs, target, weight, ignore_index, reduction,
                                target_batch_first):
-    return _fake_loss_and_total_weight(log_probs, target, reduction)
+    return _fake_loss_and_total_weight("rnn_ext::seq_nll_loss_forward", "log_probs", log_probs,
+                                       target, weight, reduction)
 
 
 @torch.library.register_fake("rnn_ext::seq_nll_loss_backward")
 def _seq_nll_loss_backward_fake(grad_loss, log_probs, target, weight, ignore_index, reduction,
                                 target_batch_first, total_weight):
+    _check_fake_devices("rnn_ext::seq_nll_loss_backward", "log_probs", log_probs,
+                        grad_loss=grad_loss, target=target, weight=weight,
+                        total_weight=total_weight)
     return log_probs.new_empty(log_probs.shape)
 
 
 @torch.library.register_fake("rnn_ext::seq_cross_entropy_forward")
 def _seq_cross_entropy_forward_fake(logits, target, weight, ignore_index, reduction,
                                     target_batch_first):
-    loss, total_weight = _fake_loss_and_total_weight(logits, target, reduction)
+    loss, total_weight = _fake_loss_and_total_weight("rnn_ext::seq_cross_entropy_forward",
+                                                     "logits", logits, target, weight, reduction)
     lse = logits.new_empty(logits.shape[:2], dtype=_stat_dtype(logits.dtype))
     return loss, lse, total_weight
 
@@ -259,4 +267,7 @@ def _seq_cross_entropy_forward_fake(logits, target, weight, ignore_index, reduct
 @torch.library.register_fake("rnn_ext::seq_cross_entropy_backward")
 def _seq_cross_entropy_backward_fake(grad_loss, logits, target, weight, ignore_index, reduction,
                                      target_batch_first, lse, total_weight):
+    _check_fake_devices("rnn_ext::seq_cross_entropy_backward", "logits", logits,
+                        grad_loss=grad_loss, target=target, weight=weight, lse=lse,
+                        total_weight=total_weight)
     return logits.new_empty(logits.shape)

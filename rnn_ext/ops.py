@@ -102,9 +102,28 @@ def elman_rnn(
     )
 
 
+def _check_fake_devices(op: str, ref_name: str, ref: Tensor, lengths: Optional[Tensor] = None,
+                        **tensors: Optional[Tensor]) -> None:
+    """The device checks of the C++ operators (csrc/elman_checks.cpp, seq_nll_checks.cpp), same
+    messages, in the fake kernels: every tensor on ``ref``'s device, ``lengths`` on it or on
+    the CPU. The fake kernels are also the operators' Meta kernels, and the dispatcher picks
+    them when any one argument is on the meta device: without these checks a meta weight with
+    CPU inputs returned uninitialised CPU tensors (nn.RNN and F.nll_loss raise)."""
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise RuntimeError(f"{op}: expected {name} on device {ref.device} like {ref_name}, "
+                               f"but got it on {t.device}")
+    if lengths is not None and lengths.device.type != "cpu" and lengths.device != ref.device:
+        raise RuntimeError(f"{op}: expected lengths on the CPU or on input's device "
+                           f"{ref.device}, but got it on {lengths.device}")
+
+
 @torch.library.register_fake("rnn_ext::elman_forward")
 def _elman_forward_fake(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity,
                         reverse, lengths):
+    _check_fake_devices("rnn_ext::elman_forward", "input", input, lengths, h_0=h_0,
+                        weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+                        bias_hh=bias_hh)
     torch._check(input.dim() == 3, lambda: f"expected input of rank 3, got {tuple(input.shape)}")
     T, B, _ = input.shape
     H = weight_hh.shape[0]
@@ -114,6 +133,9 @@ def _elman_forward_fake(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh, nonl
 @torch.library.register_fake("rnn_ext::elman_backward")
 def _elman_backward_fake(grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, output,
                          nonlinearity, reverse, lengths, output_mask=(True, True)):
+    _check_fake_devices("rnn_ext::elman_backward", "input", input, lengths,
+                        grad_output=grad_output, grad_h_n=grad_h_n, h_0=h_0,
+                        weight_ih=weight_ih, weight_hh=weight_hh, output=output)
     H = weight_hh.shape[0]
     return (
         torch.empty_like(input, memory_format=torch.contiguous_format),
@@ -161,12 +183,17 @@ def elman_cell(
 
 @torch.library.register_fake("rnn_ext::elman_cell_forward")
 def _elman_cell_forward_fake(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
+    _check_fake_devices("rnn_ext::elman_cell_forward", "input", input, hx=hx,
+                        weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+                        bias_hh=bias_hh)
     torch._check(input.dim() == 2, lambda: f"expected input of rank 2, got {tuple(input.shape)}")
     return input.new_empty((input.shape[0], weight_hh.shape[0]))
 
 
 @torch.library.register_fake("rnn_ext::elman_cell_backward")
 def _elman_cell_backward_fake(grad_hy, input, hx, weight_ih, weight_hh, hy, nonlinearity):
+    _check_fake_devices("rnn_ext::elman_cell_backward", "input", input, grad_hy=grad_hy, hx=hx,
+                        weight_ih=weight_ih, weight_hh=weight_hh, hy=hy)
     return (
         torch.empty_like(input, memory_format=torch.contiguous_format),
         torch.empty_like(hx, memory_format=torch.contiguous_format),

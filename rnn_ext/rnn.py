@@ -127,8 +127,13 @@ class RNN(nn.RNNBase):
         RuntimeError: ``input.size(-1) != input_size``; hx of the wrong rank or shape; hx of
             another dtype or device than input; input on another device than the weights; a
             sequence of length 0.
+        AssertionError: ``self.mode`` changed to something other than ``"RNN_TANH"`` /
+            ``"RNN_RELU"`` (the activation follows ``mode``, as in ``nn.RNN``).
 
-    Gradients: through the fused backward operator (``rnn_ext::elman_backward``), exact.
+    Gradients: through the fused backward operator (``rnn_ext::elman_backward``), exact. It
+    reads the forward's output, so an in-place change of a unidirectional ``output`` before
+    ``backward`` is autograd's "modified by an inplace operation" error (as ``nn.RNN`` on
+    cuDNN; its CPU path allows it).
 
     It subclasses ``nn.RNNBase`` rather than ``nn.RNN`` because ``torch.compile`` (Dynamo)
     refuses to trace any instance of ``nn.RNN`` (graph break, and an error under
@@ -290,12 +295,13 @@ class RNN(nn.RNNBase):
                 "Input and hidden tensors are not at the same device, found input tensor at "
                 f"{input.device} and hidden tensor at {hx.device}"
             )
-        weight = getattr(self, self._flat_weights_names[0])
-        if weight.device != input.device:
-            raise RuntimeError(
-                "Input and parameter tensors are not at the same device, found input tensor at "
-                f"{input.device} and parameter tensor at {weight.device}"
-            )
+        for name in self._flat_weights_names:  # every parameter, as nn.RNN's kernels check
+            weight = getattr(self, name)
+            if weight.device != input.device:
+                raise RuntimeError(
+                    "Input and parameter tensors are not at the same device, found input tensor "
+                    f"at {input.device} and parameter tensor at {weight.device}"
+                )
         if hx.dtype != input.dtype:
             raise RuntimeError(
                 f"RNN hx dtype ({hx.dtype}) does not match input dtype ({input.dtype}). "

@@ -643,6 +643,59 @@ def test_bad_backward_input_names_the_argument(name, bad, words):
         assert w in str(info.value), f"{w!r} not in {info.value}"
 
 
+def _schema_tensor_args(op):
+    """The tensor arguments' names of an operator, from its schema."""
+    return [a.name for a in op._schemas[""].arguments
+            if str(a.type) in ("Tensor", "Optional[Tensor]")]
+
+
+def test_an_argument_on_another_device_is_an_error_on_every_op():
+    """One tensor argument on another device (meta: the other device every machine has) is a
+    RuntimeError naming it, for each tensor argument of the four Elman operators. The meta one
+    selects the operator's Meta kernel (its fake kernel), which returned uninitialised CPU
+    tensors before it checked devices; nn.RNN and nn.RNNCell raise. lengths may also be on
+    the CPU (the CUDA case is in test_cuda.py)."""
+    g = _good()
+    out, hn = elman_rnn(**g)
+    x1, h1 = g["input"][0], g["h_0"]
+    hy = elman_cell(x1, h1, g["weight_ih"], g["weight_hh"])
+    cases = {
+        torch.ops.rnn_ext.elman_forward: (
+            dict(input=g["input"], h_0=g["h_0"], weight_ih=g["weight_ih"],
+                 weight_hh=g["weight_hh"], bias_ih=torch.randn(5), bias_hh=torch.randn(5)),
+            ("tanh", False, torch.tensor([4, 2, 3]))),
+        torch.ops.rnn_ext.elman_backward: (
+            dict(grad_output=torch.randn_like(out), grad_h_n=torch.randn_like(hn),
+                 input=g["input"], h_0=g["h_0"], weight_ih=g["weight_ih"],
+                 weight_hh=g["weight_hh"], output=out),
+            ("tanh", False, torch.tensor([4, 2, 3]))),
+        torch.ops.rnn_ext.elman_cell_forward: (
+            dict(input=x1, hx=h1, weight_ih=g["weight_ih"], weight_hh=g["weight_hh"],
+                 bias_ih=torch.randn(5), bias_hh=torch.randn(5)), ("tanh",)),
+        torch.ops.rnn_ext.elman_cell_backward: (
+            dict(grad_hy=torch.randn_like(hy), input=x1, hx=h1, weight_ih=g["weight_ih"],
+                 weight_hh=g["weight_hh"], hy=hy), ("tanh",)),
+    }
+    for op, (kw, rest) in cases.items():
+        names = [n for n in _schema_tensor_args(op) if n != "lengths"]
+        assert names == list(kw), names  # every tensor argument is tried
+        op(*kw.values(), *rest)  # all on the CPU: fine
+        for name in kw:
+            bad = dict(kw, **{name: kw[name].to("meta")})
+            with pytest.raises(RuntimeError) as info:
+                op(*bad.values(), *rest)
+            if name != "input":
+                assert str(info.value).startswith(
+                    f"{op._qualified_op_name}: expected {name} on device cpu like input, but got "
+                    f"it on meta"), str(info.value)
+            else:  # input itself on meta: the others are named against it
+                assert "on device meta like input, but got it on cpu" in str(info.value)
+        if "lengths" in _schema_tensor_args(op):
+            with pytest.raises(RuntimeError, match="expected lengths on the CPU or on input's "
+                               "device cpu, but got it on meta"):
+                op(*kw.values(), *rest[:-1], torch.tensor([4, 2, 3], device="meta"))
+
+
 def test_empty_batch_and_zero_hidden_do_not_crash():
     """B = 0 and H = 0 are legal for nn.RNN; the op returns the same empty shapes."""
     for T, B, I, H in [(3, 0, 2, 4), (3, 2, 2, 0)]:

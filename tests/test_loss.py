@@ -474,6 +474,39 @@ def test_bad_arguments(device, kind):
         fn(x, target, torch.ones(C, device=device, requires_grad=True))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_argument_on_another_device_is_an_error(kind):
+    """target, weight (forward) and grad_loss, target, weight, lse, total_weight (backward) on
+    another device than the input (meta: the other device every machine has) raise, naming the
+    argument, as F.nll_loss and F.cross_entropy raise. A meta argument selects the operator's
+    Meta (fake) kernel, which returned an uninitialised CPU loss before it checked devices."""
+    ce = kind == "ce"
+    name = "logits" if ce else "log_probs"
+    op = "seq_cross_entropy" if ce else "seq_nll_loss"
+    x = torch.randn(3, 2, 4)
+    x = x if ce else x.log_softmax(-1)
+    fwd = getattr(torch.ops.rnn_ext, f"{op}_forward")
+    bwd = getattr(torch.ops.rnn_ext, f"{op}_backward")
+    kw = dict(target=torch.randint(0, 4, (2, 3)), weight=torch.rand(4))
+    res = fwd(x, *kw.values(), -100, "mean", True)
+    bkw = dict(grad_loss=torch.ones(()), **kw)
+    stats = dict(lse=res[1], total_weight=res[2]) if ce else dict(total_weight=res[1])
+    for arg in kw:
+        bad = dict(kw, **{arg: kw[arg].to("meta")})
+        with pytest.raises(RuntimeError, match=f"^rnn_ext::{op}_forward: expected {arg} on "
+                           f"device cpu like {name}, but got it on meta"):
+            fwd(x, *bad.values(), -100, "mean", True)
+    for arg in [*bkw, *stats]:
+        b = dict(bkw, **{k: v.to("meta") for k, v in bkw.items() if k == arg})
+        st = {k: (v.to("meta") if k == arg else v) for k, v in stats.items()}
+        with pytest.raises(RuntimeError, match=f"^rnn_ext::{op}_backward: expected {arg} on "
+                           f"device cpu like {name}, but got it on meta"):
+            bwd(b["grad_loss"], x, b["target"], b["weight"], -100, "mean", True, *st.values())
+    loss_fn = rnn_ext.seq_cross_entropy if ce else rnn_ext.seq_nll_loss
+    with pytest.raises(RuntimeError, match="expected target on device cpu"):
+        loss_fn(x, kw["target"].to("meta"))
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_mismatch_is_an_error():

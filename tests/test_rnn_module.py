@@ -233,6 +233,23 @@ def test_activation_follows_mode_as_nn_rnn():
     assert str(got.value) == str(want.value) == "mode must be RNN_TANH or RNN_RELU, got LSTM"
 
 
+@pytest.mark.parametrize("name", ["weight_ih_l0", "weight_hh_l1_reverse", "bias_hh_l1"])
+def test_a_parameter_on_another_device_is_nn_rnns_error(name):
+    """Any parameter (not only the first) on another device than the input raises nn.RNN's
+    RuntimeError, message for message (meta: the other device every machine has; it used to
+    give uninitialised values)."""
+    x = torch.randn(5, 2, 3)
+    errors = []
+    for cls in (nn.RNN, RNN):
+        m = cls(3, 4, num_layers=2, bidirectional=True)
+        setattr(m, name, nn.Parameter(torch.empty_like(getattr(m, name), device="meta")))
+        with pytest.raises(RuntimeError) as info:
+            m(x)
+        errors.append(str(info.value))
+    assert errors[1] == errors[0] == ("Input and parameter tensors are not at the same device, "
+                                      "found input tensor at cpu and parameter tensor at meta")
+
+
 def test_cell_surface_is_nn_rnncell():
     for kwargs in (dict(input_size=3, hidden_size=4),
                    dict(input_size=3, hidden_size=4, bias=False, nonlinearity="relu")):
