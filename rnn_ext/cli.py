@@ -15,6 +15,7 @@ exit with status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -41,15 +42,26 @@ def _nonneg_int(s: str) -> int:
 
 def _positive_float(s: str) -> float:
     v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
     return v
+
+
+def _check_output_path(option: str, path: str) -> None:
+    """Before any training: ValueError when ``path`` cannot be written as a file (a directory,
+    or in a folder that does not exist), naming ``option``."""
+    if os.path.isdir(path):
+        raise ValueError(f"{option}: {path!r} is a directory; give a file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option}: the folder {folder!r} of {path!r} does not exist")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 (default auto)")
-    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (default 42; train --resume: the checkpoint's)")
     p.add_argument("--threads", type=_nonneg_int, default=0,
                    help="CPU threads for torch (default 0: torch's own default, one per core; "
                         "1 is steadier when the cores are shared with other jobs)")
@@ -64,8 +76,10 @@ def _training(p: argparse.ArgumentParser) -> None:
                    help="learning rate of each phase (one value: every phase)")
     p.add_argument("--bs", type=_positive_int, default=None,
                    help="global batch size (default 512, the lesson's)")
-    p.add_argument("--n-hidden", type=_positive_int, default=256, help="hidden size (256)")
-    p.add_argument("--n-fac", type=_positive_int, default=42, help="embedding size (42)")
+    p.add_argument("--n-hidden", type=_positive_int, default=None,
+                   help="hidden size (default 256; --resume: the checkpoint's)")
+    p.add_argument("--n-fac", type=_positive_int, default=None,
+                   help="embedding size (default 42; --resume: the checkpoint's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -81,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a character model and save a checkpoint",
                        description="Train one of the notebook's models (default: CharSeqRnn "
                        "with identity W_hh, the notebook's schedule 1e-2 x4, 1e-3 x4).")
-    t.add_argument("--model", choices=sorted(RECIPES), default="seq-identity",
-                   help="which of the notebook's runs (default seq-identity): "
+    t.add_argument("--model", choices=sorted(RECIPES), default=None,
+                   help="which of the notebook's runs (default seq-identity; --resume: the "
+                   "checkpoint's): "
                    + ", ".join(f"{k} = {RECIPES[k].title}" for k in LESSON_ROWS))
     _training(t)
     _common(t)
@@ -140,12 +155,18 @@ def _train(args) -> int:
 
     if args.out is None:
         args.out = args.resume or DEFAULT_CHECKPOINT
+    _check_output_path("--out", args.out)
     res = train_recipe(
-        RECIPES[args.model], text_path=args.text, bs=args.bs, lrs=args.lr, epochs=args.epochs,
-        device=args.device, seed=args.seed, n_fac=args.n_fac, n_hidden=args.n_hidden,
-        out=args.out, resume=args.resume, progress=not args.no_progress)
+        RECIPES[args.model] if args.model else None, text_path=args.text, bs=args.bs,
+        lrs=args.lr, epochs=args.epochs, device=args.device, seed=args.seed, n_fac=args.n_fac,
+        n_hidden=args.n_hidden, out=args.out, resume=args.resume,
+        progress=not args.no_progress)
     if _is_rank0():
-        print(f"trained in {res.seconds:.1f}s; checkpoint: {args.out}")
+        if res.epochs_run:
+            print(f"trained in {res.seconds:.1f}s; checkpoint: {args.out}")
+        else:
+            print(f"no epoch to train (the schedule has {sum(n for _, n in res.schedule)}, "
+                  f"{len(res.history)} done); no checkpoint written")
         prompt = "for thos"
         if all(c in res.vocab.stoi for c in prompt) and res.history:
             print(f"get_next_n('for thos', 40) = {get_next_n(res.model, prompt, 40)!r}")
@@ -168,7 +189,7 @@ def _generate(args) -> int:
         raise ValueError(
             f"--prompt: character(s) {', '.join(repr(c) for c in missing)} not in the "
             f"checkpoint's vocabulary of {len(vocab)} characters")
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(42 if args.seed is None else args.seed)
     window = 3 if ckpt["config"].get("model") == "Char3Model" else 8
     text = generate(model, args.prompt, args.n, vocab, temperature=args.temperature,
                     top_k=args.top_k, greedy=args.greedy, stateful=not args.window,
@@ -181,6 +202,8 @@ def _lesson(args) -> int:
     from .lesson.recipes import LESSON_ROWS, RECIPES, train_recipe
 
     rows = args.rows or LESSON_ROWS
+    if args.markdown:
+        _check_output_path("--markdown", args.markdown)
     results = []
     t0 = time.perf_counter()
     for key in rows:

@@ -69,6 +69,48 @@ def test_train_resume(text_file, tmp_path, capsys):
     assert [h["epoch"] for h in c["train"]["history"]] == [1, 2, 3, 4]
 
 
+def test_resume_takes_the_checkpoints_run_sizes_and_seed(text_file, tmp_path, capsys):
+    """A resume that names only the checkpoint ends with the weights of the uninterrupted run
+    of the same seed (7, not the default 42: the shuffles depend on it) and records that seed;
+    a --model, --n-hidden or --n-fac other than the checkpoint's is an error, not ignored."""
+    base = ["--text", text_file, "--no-progress", "--threads", "1"]
+    sizes = ["--n-hidden", "16", "--n-fac", "6"]
+    full, part = str(tmp_path / "full.pt"), str(tmp_path / "part.pt")
+    assert main(["train", "--seed", "7", "--epochs", "1", "1", "--out", full] + base + sizes) == 0
+    assert main(["train", "--seed", "7", "--epochs", "1", "0", "--out", part] + base + sizes) == 0
+    assert main(["train", "--epochs", "1", "1", "--resume", part] + base) == 0
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    assert b["train"]["seed"] == 7 and b["train"]["epochs_done"] == 2
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    capsys.readouterr()
+    for extra, words in ((["--model", "rnn"], "continues the run 'seq-identity'"),
+                         (["--n-hidden", "64"], "has n_hidden = 16, not 64"),
+                         (["--n-fac", "5"], "has n_fac = 6, not 5")):
+        assert main(["train", "--resume", part] + extra + base) == 2
+        err = capsys.readouterr().err
+        assert words in err, err
+
+
+def test_train_checks_out_first_and_says_when_nothing_was_written(text_file, tmp_path,
+                                                                    capsys):
+    """--out a folder, or in a folder that does not exist, is an error before any training
+    (no epoch line printed); --epochs 0 says that no checkpoint was written (it was said to
+    be)."""
+    for out, words in ((str(tmp_path), "is a directory"),
+                       (str(tmp_path / "no" / "x.pt"), "does not exist")):
+        assert main(["train", "--text", text_file, "--epochs", "1", "--out", out] + SMALL) == 2
+        got = capsys.readouterr()
+        assert words in got.err and not _epoch_lines(got.out), got
+    assert main(["lesson", "--rows", "char3", "--markdown", str(tmp_path)] + SMALL) == 2
+    assert "--markdown" in capsys.readouterr().err
+    out = tmp_path / "e0.pt"
+    assert main(["train", "--text", text_file, "--epochs", "0", "--out", str(out)] + SMALL) == 0
+    assert "no checkpoint written" in capsys.readouterr().out and not out.exists()
+    assert main(["train", "--text", str(tmp_path), "--out", str(out)] + SMALL) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
 def test_generate(ckpt, capsys):
     assert main(["generate", "--checkpoint", ckpt, "--prompt", "The ", "-n", "50"]) == 0
     text = capsys.readouterr().out.rstrip("\n")
@@ -99,8 +141,10 @@ def test_generate_errors(ckpt, tmp_path, capsys):
     bad.write_bytes(open(ckpt, "rb").read()[:300])
     assert main(["generate", "--checkpoint", str(bad)]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["generate", "--checkpoint", ckpt, "--temperature", "0"])
+    for t in ("0", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            main(["generate", "--checkpoint", ckpt, "--temperature", t])
+    assert "finite number > 0" in capsys.readouterr().err
 
 
 def test_train_errors(tmp_path, capsys):

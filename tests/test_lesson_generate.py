@@ -98,3 +98,47 @@ def test_sample_next_checks():
         sample_next(lp, top_k=0)
     with pytest.raises(ValueError, match="n must be"):
         generate(CharRnn(4, 2, 3), "a", -1, Vocab.from_text("abc"))
+
+
+def test_vocabulary_must_fit_the_model():
+    """A model without .vocab (trained with fit on another text) is not silently read with the
+    bundled corpus's 85 characters: a vocabulary of another size than the model's vocab_size
+    is a ValueError; the right one works."""
+    m = CharRnn(4, 2, 3)
+    with pytest.raises(ValueError, match="bundled corpus's vocabulary.*vocab_size = 4"):
+        get_next_n(m, "ab", 3)
+    with pytest.raises(ValueError, match="vocab has 3 characters.*vocab_size = 4"):
+        generate(m, "ab", 3, Vocab.from_text("ab"))
+    v = Vocab.from_text("abc")
+    assert len(get_next_n(m, "ab", 3, v)) == 5 and len(generate(m, "ab", 3, v)) == 5
+
+
+def test_errors_keep_the_mode_and_name_the_problem():
+    """get_next_n checks its text even for n = 0; an unknown character leaves the model in its
+    mode; a model with non-finite weights is a ValueError in every generator (it printed NUL
+    characters or failed inside torch.multinomial)."""
+    v = Vocab.from_text("abc")
+    m = CharRnn(len(v), 2, 3)
+    m.train()
+    with pytest.raises(ValueError, match="at least one character"):
+        get_next_n(m, "", 0, v)
+    with pytest.raises(ValueError):
+        get_next_n(m, "a€", 0, v)
+    with pytest.raises(ValueError):
+        get_next(m, "a€", v)
+    assert m.training
+    with torch.no_grad():
+        m.l_out.weight.fill_(float("nan"))
+    for f in (lambda: get_next(m, "ab", v), lambda: generate(m, "ab", 2, v),
+              lambda: generate(m, "ab", 2, v, greedy=True, stateful=False)):
+        with pytest.raises(ValueError, match="not finite"):
+            f()
+    assert m.training
+
+
+def test_tiny_temperature_is_greedy_and_infinite_is_an_error():
+    lp = torch.log_softmax(torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 5.0, 1.0, 2.0]]), -1)
+    assert sample_next(lp, temperature=1e-40).tolist() == [3, 1]
+    for t in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ValueError, match="finite number > 0"):
+            sample_next(lp, temperature=t)

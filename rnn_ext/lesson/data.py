@@ -56,14 +56,19 @@ def read_text(path: str) -> str:
 
     Raises:
         FileNotFoundError: ``path`` does not exist (message names it).
-        ValueError: the file is not valid UTF-8, or has fewer than 10 characters (too short to
-            make a single 8-character training window and its target).
+        ValueError: ``path`` is a directory or unreadable, the file is not valid UTF-8, or it
+            has fewer than 10 characters (too short to make a single 8-character training
+            window and its target).
     """
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"--text: no such file: {path!r}") from None
+    except IsADirectoryError:
+        raise ValueError(f"--text: {path!r} is a directory, not a text file") from None
+    except PermissionError:
+        raise ValueError(f"--text: {path!r} cannot be read (permission denied)") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"--text: {path!r} is not UTF-8 text ({e})") from None
     if len(text) < 10:

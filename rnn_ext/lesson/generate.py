@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import torch
@@ -30,10 +31,30 @@ def default_vocab() -> Vocab:
 
 
 def _vocab_of(model: CharModel, vocab: Optional[Vocab]) -> Vocab:
-    if vocab is not None:
-        return vocab
-    v = getattr(model, "vocab", None)
-    return v if v is not None else default_vocab()
+    """``vocab``, else ``model.vocab``, else the bundled corpus's; ValueError when its size is
+    not the model's ``vocab_size`` (a model trained on another text, without its vocabulary:
+    its ids would be read as other characters, or fall outside the embedding)."""
+    if vocab is None:
+        vocab = getattr(model, "vocab", None)
+        if vocab is None:
+            vocab = default_vocab()
+            where = "the bundled corpus's vocabulary (the default: the model has no .vocab)"
+        else:
+            where = "model.vocab"
+    else:
+        where = "vocab"
+    size = getattr(model, "vocab_size", None)
+    if size is not None and size != len(vocab):
+        raise ValueError(f"{where} has {len(vocab)} characters, but the model was built for "
+                         f"vocab_size = {size}: pass the vocabulary of the text it was trained "
+                         f"on (vocab=...)")
+    return vocab
+
+
+def _check_finite(log_probs: Tensor) -> None:
+    if not bool(torch.isfinite(log_probs[..., 1:]).all()):
+        raise ValueError("the model's log-probabilities are not finite (NaN or inf): its "
+                         "weights are (a training run that diverged, e.g. too high a --lr?)")
 
 
 def _device(model) -> torch.device:
@@ -60,17 +81,21 @@ def get_next(model: CharModel, text: str, vocab: Optional[Vocab] = None) -> str:
             bundled corpus's.
 
     Raises:
-        ValueError: empty ``text``, or a character not in the vocabulary (named).
+        ValueError: empty ``text``, a character not in the vocabulary (named), a vocabulary
+            whose size is not the model's ``vocab_size``, or non-finite model output.
     """
     vocab = _vocab_of(model, vocab)
     if len(text) == 0:
         raise ValueError("get_next: text must have at least one character")
+    ids = vocab.encode(text).to(_device(model))[None]
     was_training = model.training
     model.eval()
-    ids = vocab.encode(text).to(_device(model))[None]
-    i = int(_last_log_probs(model, ids)[0].argmax())
-    model.train(was_training)
-    return vocab.chars[i]
+    try:
+        log_probs = _last_log_probs(model, ids)
+    finally:
+        model.train(was_training)
+    _check_finite(log_probs)
+    return vocab.chars[int(log_probs[0].argmax())]
 
 
 def get_next_n(model: CharModel, text: str, n: int, vocab: Optional[Vocab] = None) -> str:
@@ -80,10 +105,14 @@ def get_next_n(model: CharModel, text: str, n: int, vocab: Optional[Vocab] = Non
     character (``inp = inp[1:] + c``), exactly as the notebook.
 
     Raises:
-        ValueError: ``n < 0``, empty ``text`` or a character not in the vocabulary.
+        ValueError: ``n < 0``, empty ``text``, a character not in the vocabulary (also when
+            ``n == 0``), or as :func:`get_next`.
     """
     if n < 0:
         raise ValueError(f"get_next_n: n must be >= 0, got {n}")
+    if len(text) == 0:
+        raise ValueError("get_next_n: text must have at least one character")
+    _vocab_of(model, vocab).encode(text)  # its characters are checked even when n == 0
     res, inp = text, text
     for _ in range(n):
         c = get_next(model, inp, vocab)
@@ -102,18 +131,22 @@ def sample_next(log_probs: Tensor, temperature: float = 1.0, top_k: Optional[int
     Hinton et al. 2015). Id 0 (the ``"\\0"`` padding) is never drawn.
 
     Raises:
-        ValueError: ``temperature <= 0`` or ``top_k < 1``.
+        ValueError: ``temperature`` not a finite number > 0, ``top_k < 1``, or ``log_probs``
+            not finite (a model with NaN or inf weights).
     """
-    if not greedy and not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not greedy and not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    _check_finite(log_probs)
     logits = log_probs.float().clone()
     if logits.shape[-1] > 1:
         logits[:, 0] = float("-inf")
     if greedy:
         return logits.argmax(-1)
-    logits = logits / temperature
+    # Shifted so that the largest is 0 before the division: a tiny temperature then gives 0
+    # and -inf (the argmax), not inf - inf = NaN.
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -141,7 +174,8 @@ def generate(model: CharModel, prompt: str, n: int, vocab: Optional[Vocab] = Non
 
     Raises:
         ValueError: empty prompt, a prompt character not in the vocabulary (named), ``n < 0``,
-            bad ``temperature`` / ``top_k`` / ``window``.
+            bad ``temperature`` / ``top_k`` / ``window``, a vocabulary whose size is not the
+            model's ``vocab_size``, non-finite model output (NaN or inf weights).
     """
     vocab = _vocab_of(model, vocab)
     if len(prompt) == 0:

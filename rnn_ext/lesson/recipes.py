@@ -164,7 +164,9 @@ def setup_distributed(device: torch.device) -> Tuple[int, int, torch.device]:
 @dataclass
 class TrainResult:
     """What :func:`train_recipe` returns: the trained model (unwrapped), its vocabulary, the
-    epochs' :class:`~rnn_ext.lesson.train.EpochStats`, the wall-clock seconds and the recipe."""
+    epochs' :class:`~rnn_ext.lesson.train.EpochStats` (a resumed run's included), the
+    wall-clock seconds, the recipe, the schedule and ``epochs_run``, the epochs this call
+    trained (each wrote the checkpoint ``out``)."""
 
     model: CharModel
     vocab: Vocab
@@ -172,6 +174,7 @@ class TrainResult:
     seconds: float
     recipe: Recipe
     schedule: List[Tuple[float, int]] = field(default_factory=list)
+    epochs_run: int = 0
 
 
 def _schedule(recipe: Recipe, lrs: Optional[Sequence[float]],
@@ -179,6 +182,7 @@ def _schedule(recipe: Recipe, lrs: Optional[Sequence[float]],
     """The phases ``[(lr, epochs), ...]``: the recipe's, with ``lrs`` / ``epochs`` replacing its
     rates / epoch counts (one value applies to every phase; otherwise one per phase)."""
     given = "--lr" if lrs is not None else "--epochs"
+    both = lrs is not None and epochs is not None
     base_lrs = [lr for lr, _ in recipe.schedule]
     base_eps = [n for _, n in recipe.schedule]
     lrs = list(lrs) if lrs is not None else None
@@ -198,7 +202,7 @@ def _schedule(recipe: Recipe, lrs: Optional[Sequence[float]],
         if len(epochs) == 1:
             epochs = epochs * len(lrs)
     if len(lrs) != len(epochs):
-        if given == "--lr" and len(lrs) != len(base_lrs) and epochs is not base_eps:
+        if both:
             raise ValueError(f"--lr has {len(lrs)} values and --epochs {len(epochs)}; give one "
                              "value or one per phase")
         n = len(lrs) if given == "--lr" else len(epochs)
@@ -213,7 +217,7 @@ def _schedule(recipe: Recipe, lrs: Optional[Sequence[float]],
 
 
 def train_recipe(
-    recipe: Recipe,
+    recipe: Optional[Recipe] = None,
     *,
     text: Optional[str] = None,
     text_path: Optional[str] = None,
@@ -221,9 +225,9 @@ def train_recipe(
     lrs: Optional[Sequence[float]] = None,
     epochs: Optional[Sequence[int]] = None,
     device: Optional[str] = None,
-    seed: int = 42,
-    n_fac: int = N_FAC,
-    n_hidden: int = N_HIDDEN,
+    seed: Optional[int] = None,
+    n_fac: Optional[int] = None,
+    n_hidden: Optional[int] = None,
     out: Optional[str] = None,
     resume: Optional[str] = None,
     progress: bool = True,
@@ -232,26 +236,33 @@ def train_recipe(
     """Train one of the notebook's runs and optionally checkpoint it after every epoch.
 
     Args:
-        recipe: a :class:`Recipe` (see :data:`RECIPES`).
+        recipe: a :class:`Recipe` (see :data:`RECIPES`); ``None``: the ``resume``
+            checkpoint's, else ``RECIPES["seq-identity"]``.
         text / text_path: the corpus (a str, or a UTF-8 file); the bundled ``nietzsche.txt``
             when both are ``None``.
         bs: global batch size (split across processes under torchrun); default 512.
         lrs, epochs: the schedule's phases (default: the recipe's); one value applies to every
             phase.
         device: ``"auto"`` (default), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
-        seed: ``torch.manual_seed(seed)`` before the weights are made; shuffles depend on it.
-        n_fac, n_hidden: model sizes (the lesson's 42, 256).
+        seed: ``torch.manual_seed(seed)`` before the weights are made; shuffles depend on it
+            (``None``: the ``resume`` checkpoint's, else 42).
+        n_fac, n_hidden: model sizes (``None``: the lesson's 42, 256; on resume the
+            checkpoint's).
         out: checkpoint path, written atomically after every epoch (rank 0); ``None``: none.
-        resume: a checkpoint to continue from: its weights, optimizer state, vocabulary, and
-            (unless given) its schedule, batch size, seed and text file; training continues
-            after the epochs it had done.
+        resume: a checkpoint to continue from: its run (recipe), model sizes, weights,
+            optimizer state, vocabulary, and (unless given) its schedule, batch size, seed and
+            text file; training continues after the epochs it had done, with the shuffles an
+            uninterrupted run would have made. (The printed ``trn_loss`` is a running average
+            that restarts, so the first resumed epoch's can differ from the uninterrupted
+            run's; the weights and ``val_loss`` do not.)
         progress: tqdm bar on stderr. log: per-epoch lines (``None``: silent).
 
     Returns:
         :class:`TrainResult`.
 
     Raises:
-        ValueError: bad schedule, device, sizes or text; a resumed checkpoint of another model.
+        ValueError: bad schedule, device, sizes or text; on resume, a ``recipe``, ``n_fac`` or
+            ``n_hidden`` given that is not the checkpoint's.
         FileNotFoundError, CheckpointError: an unreadable ``resume`` checkpoint or text file.
     """
     t0 = time.perf_counter()
@@ -261,10 +272,23 @@ def train_recipe(
     if resume is not None:
         ckpt = load_checkpoint(resume)
         info = ckpt.get("train", {})
-        recipe = RECIPES.get(info.get("recipe"), recipe)  # the checkpoint's run continues
+        saved = RECIPES.get(info.get("recipe"))
+        if recipe is not None and saved is not None and recipe.key != saved.key:
+            raise ValueError(f"--resume: {resume!r} continues the run {saved.key!r} "
+                             f"({saved.title}), not {recipe.key!r}; leave --model out")
+        recipe = saved or recipe  # the checkpoint's run continues
+        if recipe is None:
+            raise ValueError(f"--resume: {resume!r} does not say which run it holds; give "
+                             f"--model")
         if ckpt["config"].get("model") != recipe.model:
             raise ValueError(f"--resume: {resume!r} holds a {ckpt['config'].get('model')}, "
                              f"not a {recipe.model}")
+        for name, given in (("n_fac", n_fac), ("n_hidden", n_hidden)):
+            if given is not None and given != ckpt["config"][name]:
+                raise ValueError(f"--resume: {resume!r} has {name} = {ckpt['config'][name]}, "
+                                 f"not {given}; leave --{name.replace('_', '-')} out")
+        if seed is None:
+            seed = int(info.get("seed", 42))
         if lrs is None and epochs is None and info.get("schedule"):
             sched = [tuple(p) for p in info["schedule"]]
             lrs, epochs = [p[0] for p in sched], [p[1] for p in sched]
@@ -275,8 +299,13 @@ def train_recipe(
         done = int(info.get("epochs_done", 0))
         history = [EpochStats(**h) for h in info.get("history", [])]
         n_fac, n_hidden = ckpt["config"]["n_fac"], ckpt["config"]["n_hidden"]
+    if recipe is None:
+        recipe = RECIPES["seq-identity"]
     if bs is None:
         bs = 512
+    seed = 42 if seed is None else seed
+    n_fac = N_FAC if n_fac is None else n_fac
+    n_hidden = N_HIDDEN if n_hidden is None else n_hidden
     schedule = _schedule(recipe, lrs, epochs)
     default_run = (text is None and text_path is None and bs == 512
                    and schedule == [tuple(p) for p in recipe.schedule])
@@ -325,6 +354,7 @@ def train_recipe(
                 "history": [h.as_dict() for h in history],
             })
 
+    done_before = len(history)
     first = 0
     header = True
     for lr, n in schedule:
@@ -344,4 +374,5 @@ def train_recipe(
             on_epoch_end=checkpoint)
         header = False
     inner.eval()
-    return TrainResult(inner, vocab, history, time.perf_counter() - t0, recipe, schedule)
+    return TrainResult(inner, vocab, history, time.perf_counter() - t0, recipe, schedule,
+                       epochs_run=len(history) - done_before)
