@@ -143,17 +143,19 @@ def reference_ga(xp, h_0, w, lengths, reverse, act, gy, grad_h_n):
 
 
 def reference_ga_step(gy_t, g, y_t, grad_h_n, t, T, lengths, reverse, act):
-    """One step of the backward in float64: ga_t = (gy_t + g) * phi'(y_t), where grad_h_n joins
-    g at each sequence's last forward step (t = 0 in reverse, else lengths[b] - 1 or T - 1) and
-    rows with t >= lengths[b] get 0. Shapes (B, H); lengths (B,) or None; grad_h_n or None."""
+    """One step of the backward in float64: ga_t = (gy_t + g) * phi'(y_t), where at each
+    sequence's last forward step (its first backward step: t = 0 in reverse, else
+    lengths[b] - 1 or T - 1) g is grad_h_n (or 0) instead of the carry (which the pipeline
+    makes 0 there, or NaN from a non-finite W_hh), and rows with t >= lengths[b] get 0.
+    Shapes (B, H); lengths (B,) or None; grad_h_n or None."""
     B = y_t.shape[0]
     gy_t, g, y_t = gy_t.double(), g.double(), y_t.double()
-    if grad_h_n is not None:
-        if reverse:
-            first = torch.full((B,), t == 0)
-        else:
-            first = (lengths - 1 == t) if lengths is not None else torch.full((B,), t == T - 1)
-        g = g + torch.where(first.unsqueeze(1), grad_h_n.double(), 0.0)
+    if reverse:
+        first = torch.full((B,), t == 0)
+    else:
+        first = (lengths - 1 == t) if lengths is not None else torch.full((B,), t == T - 1)
+    at_first = grad_h_n.double() if grad_h_n is not None else torch.zeros_like(g)
+    g = torch.where(first.unsqueeze(1), at_first, g)
     if act == "tanh":
         ga_t = (gy_t + g) * (1 - y_t ** 2)
     else:  # relu selects (threshold_backward): 0 where the unit is off
@@ -828,6 +830,33 @@ def test_host_empty_sizes_and_t1(host, monkeypatch):
         monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", mode)
         for T, B, I, H in [(3, 0, 4, 5), (3, 2, 0, 5), (3, 2, 4, 0), (1, 3, 4, 37)]:
             check_host_sequence(host, T, B, I, H, torch.float32, seed=B + I + H)
+
+
+@pytest.mark.parametrize("mode", ["off", "require"])
+def test_host_backward_non_finite_weight_hh_with_lengths(host, monkeypatch, mode):
+    """A NaN in W_hh with lengths: the valid steps' gradients are those of the CPU operator,
+    NaN for NaN and value for value. The carry into a sequence's last valid step is
+    (0 of the padded step) @ W_hh, 0 * NaN = NaN; the kernels spread it into every valid step
+    (found by a randomized sweep) until they took only grad_h_n at that step."""
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", mode)
+    T, B, I, H = 4, 2, 2, 3
+    # One valid step each: through more, the NaN (in the forward's output row 0 already)
+    # reaches every gradient on the CPU too, leaving nothing finite to compare.
+    lengths = torch.tensor([1, 1])
+    for reverse in (False, True):
+        args = make_args(T, B, I, H, torch.float64, True, seed=3)
+        args[3][0, 1] = float("nan")
+        ref_out, _ = torch.ops.rnn_ext.elman_forward(*args, "tanh", reverse, lengths)
+        g = torch.Generator().manual_seed(4)
+        gy = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+        ghn = torch.randn(B, H, generator=g, dtype=torch.float64)
+        bw = (gy, ghn, *args[:4], ref_out, "tanh", reverse, lengths, [True, True])
+        got = host.elman_backward(*bw)
+        ref = torch.ops.rnn_ext.elman_backward(*bw)
+        assert ref[2].isfinite().any() and ref[4].isfinite().any()  # values to compare
+        for name, a, r in zip(GRAD_NAMES, got, ref):
+            torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12, equal_nan=True,
+                                       msg=lambda m: f"reverse={reverse} {name}: {m}")
 
 
 @pytest.mark.parametrize("dtype", HOST_DTYPES, ids=str)

@@ -66,8 +66,12 @@ __device__ __forceinline__ int64_t first_backward_step(const int64_t* len, int64
 }
 
 // ga_t[b, j] for one element: (gy + g) * phi'(h), where g is what flows back through the
-// state: the GEMM's g_carry (absent at the first backward step) plus grad_h_n at the step where
-// the sequence's h_n was produced. Steps past the sequence's end (t >= lengths[b]) get 0.
+// state: the GEMM's g_carry, except at the sequence's first backward step, where g is only
+// grad_h_n (the step where the sequence's h_n was produced). Steps past the sequence's end
+// (t >= lengths[b]) get 0. The carry into the first backward step is ignored, not added:
+// with lengths it is (0 of the padded step after it) @ W_hh, which is 0 for a finite W_hh
+// but NaN for a non-finite one, and the CPU operator (like nn.RNN on a PackedSequence) does
+// not let that NaN into the valid steps.
 // The same with gy_t[b, j] and h_t[b, j] already loaded.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t backward_pointwise_values(acc_t g_carry, acc_t gy, acc_t h,
@@ -79,8 +83,8 @@ __device__ __forceinline__ acc_t backward_pointwise_values(acc_t g_carry, acc_t 
     return acc_t(0);
   }
   acc_t g = g_carry;
-  if (grad_h_n != nullptr && t == first_backward_step(len, b, T, reverse)) {
-    g += static_cast<acc_t>(grad_h_n[bh]);
+  if (t == first_backward_step(len, b, T, reverse)) {
+    g = grad_h_n != nullptr ? static_cast<acc_t>(grad_h_n[bh]) : acc_t(0);
   }
   return preactivation_grad<acc_t>(gy, g, h, act);
 }
