@@ -47,13 +47,14 @@ def _positive_float(s: str) -> float:
     return v
 
 
-def _check_output_path(option: str, path: str) -> None:
-    """Before any training: ValueError when ``path`` cannot be written as a file (a directory,
-    or in a folder that does not exist), naming ``option``."""
+def _check_output_path(option: str, path: str, folder_must_exist: bool) -> None:
+    """Before any training: ValueError naming ``option`` when ``path`` is a directory, or (with
+    ``folder_must_exist``) is in a folder that does not exist. (Checkpoints make their
+    folders: save_checkpoint.)"""
     if os.path.isdir(path):
         raise ValueError(f"{option}: {path!r} is a directory; give a file path")
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
+    if folder_must_exist and not os.path.isdir(folder):
         raise ValueError(f"{option}: the folder {folder!r} of {path!r} does not exist")
 
 
@@ -155,7 +156,7 @@ def _train(args) -> int:
 
     if args.out is None:
         args.out = args.resume or DEFAULT_CHECKPOINT
-    _check_output_path("--out", args.out)
+    _check_output_path("--out", args.out, folder_must_exist=False)
     res = train_recipe(
         RECIPES[args.model] if args.model else None, text_path=args.text, bs=args.bs,
         lrs=args.lr, epochs=args.epochs, device=args.device, seed=args.seed, n_fac=args.n_fac,
@@ -165,8 +166,8 @@ def _train(args) -> int:
         if res.epochs_run:
             print(f"trained in {res.seconds:.1f}s; checkpoint: {args.out}")
         else:
-            print(f"no epoch to train (the schedule has {sum(n for _, n in res.schedule)}, "
-                  f"{len(res.history)} done); no checkpoint written")
+            print(f"no epoch to train (the schedule has {sum(n for _, n in res.schedule)} "
+                  f"epochs, {len(res.history)} of them done); no checkpoint written")
         prompt = "for thos"
         if all(c in res.vocab.stoi for c in prompt) and res.history:
             print(f"get_next_n('for thos', 40) = {get_next_n(res.model, prompt, 40)!r}")
@@ -203,7 +204,7 @@ def _lesson(args) -> int:
 
     rows = args.rows or LESSON_ROWS
     if args.markdown:
-        _check_output_path("--markdown", args.markdown)
+        _check_output_path("--markdown", args.markdown, folder_must_exist=True)
     results = []
     t0 = time.perf_counter()
     for key in rows:

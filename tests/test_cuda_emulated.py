@@ -31,6 +31,7 @@ GPU (and tests/test_cuda_ptx.py checks the persistent kernels' loads in their PT
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -773,9 +774,10 @@ def test_host_plan_vector_matches_python_fields(host):
     from rnn_ext import ops
 
     keys = [k for k in ops._PLAN_FIELDS if k != "padded"]
+    decoded = []
     for dtype, acc_size in ((torch.float32, 4), (torch.float64, 8), (torch.bfloat16, 4)):
         like = torch.empty(0, dtype=dtype)
-        for B, H in ((3, 37), (64, 96), (1, 200), (16, 5)):
+        for B, H in ((3, 37), (64, 96), (1, 200), (16, 5), (512, 64), (128, 128), (256, 32)):
             for backward in (False, True):
                 plan = ops._plan_from_vector(host.persistent_plan(like, B, H, backward))
                 assert plan is not None, (dtype, B, H, backward)
@@ -786,6 +788,11 @@ def test_host_plan_vector_matches_python_fields(host):
                         and int(c["padded"]) == plan["padded"]]
                 assert same, (f"{dtype} B={B} H={H} backward={backward}: {plan} is none of "
                               f"the {len(cands)} candidates")
+                decoded.append(plan)
+    # A swap of two fields shows only where they differ: every pair does in some plan
+    # (padded, always 1 here, against the others).
+    for a, b in itertools.combinations(ops._PLAN_FIELDS, 2):
+        assert any(p[a] != p[b] for p in decoded), (a, b)
     host.set_device(1)  # no cooperative launch: no plan
     assert ops._plan_from_vector(host.persistent_plan(torch.empty(0), 3, 37, False)) is None
     with pytest.raises(RuntimeError, match="returned 11 values, expected 12"):
@@ -843,7 +850,7 @@ def test_host_backward_non_finite_weight_hh_with_lengths(host, monkeypatch, mode
     # One valid step each: through more, the NaN (in the forward's output row 0 already)
     # reaches every gradient on the CPU too, leaving nothing finite to compare.
     lengths = torch.tensor([1, 1])
-    for reverse in (False, True):
+    for reverse in (False,):  # in reverse every first backward step is u = 0: no carry
         args = make_args(T, B, I, H, torch.float64, True, seed=3)
         args[3][0, 1] = float("nan")
         ref_out, _ = torch.ops.rnn_ext.elman_forward(*args, "tanh", reverse, lengths)

@@ -94,16 +94,22 @@ def test_resume_takes_the_checkpoints_run_sizes_and_seed(text_file, tmp_path, ca
 
 def test_train_checks_out_first_and_says_when_nothing_was_written(text_file, tmp_path,
                                                                     capsys):
-    """--out a folder, or in a folder that does not exist, is an error before any training
-    (no epoch line printed); --epochs 0 says that no checkpoint was written (it was said to
-    be)."""
-    for out, words in ((str(tmp_path), "is a directory"),
-                       (str(tmp_path / "no" / "x.pt"), "does not exist")):
-        assert main(["train", "--text", text_file, "--epochs", "1", "--out", out] + SMALL) == 2
+    """--out a folder is an error before any training (no epoch line printed; a new folder is
+    made); lesson --markdown a folder, or in a folder that does not exist, too; --epochs 0
+    says that no checkpoint was written (it was said to be)."""
+    assert main(["train", "--text", text_file, "--epochs", "1", "--out", str(tmp_path)]
+                + SMALL) == 2
+    got = capsys.readouterr()
+    assert "is a directory" in got.err and not _epoch_lines(got.out), got
+    new = tmp_path / "new" / "x.pt"
+    assert main(["train", "--text", text_file, "--epochs", "1", "--out", str(new)] + SMALL) == 0
+    assert new.is_file()
+    capsys.readouterr()
+    for md, words in ((str(tmp_path), "is a directory"),
+                      (str(tmp_path / "no" / "t.md"), "does not exist")):
+        assert main(["lesson", "--rows", "char3", "--markdown", md] + SMALL) == 2
         got = capsys.readouterr()
         assert words in got.err and not _epoch_lines(got.out), got
-    assert main(["lesson", "--rows", "char3", "--markdown", str(tmp_path)] + SMALL) == 2
-    assert "--markdown" in capsys.readouterr().err
     out = tmp_path / "e0.pt"
     assert main(["train", "--text", text_file, "--epochs", "0", "--out", str(out)] + SMALL) == 0
     assert "no checkpoint written" in capsys.readouterr().out and not out.exists()

@@ -138,7 +138,14 @@ def test_errors_keep_the_mode_and_name_the_problem():
 
 def test_tiny_temperature_is_greedy_and_infinite_is_an_error():
     lp = torch.log_softmax(torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 5.0, 1.0, 2.0]]), -1)
-    assert sample_next(lp, temperature=1e-40).tolist() == [3, 1]
+    for t in (1e-40, 1e-50, 5e-324):  # also below float32's range
+        assert sample_next(lp, temperature=t).tolist() == [3, 1]
+    masked = torch.tensor([[0.0, 1.0, float("-inf"), 3.0]])  # -inf: probability 0, legal
+    assert sample_next(masked, greedy=True).tolist() == [3]
+    assert sample_next(masked, top_k=2).tolist() in ([1], [3])
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="NaN or \\+inf"):
+            sample_next(torch.tensor([[0.0, bad, 1.0, 2.0]]))
     for t in (float("inf"), float("nan"), -1.0):
         with pytest.raises(ValueError, match="finite number > 0"):
             sample_next(lp, temperature=t)

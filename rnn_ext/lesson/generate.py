@@ -52,9 +52,14 @@ def _vocab_of(model: CharModel, vocab: Optional[Vocab]) -> Vocab:
 
 
 def _check_finite(log_probs: Tensor) -> None:
-    if not bool(torch.isfinite(log_probs[..., 1:]).all()):
-        raise ValueError("the model's log-probabilities are not finite (NaN or inf): its "
-                         "weights are (a training run that diverged, e.g. too high a --lr?)")
+    """ValueError for NaN or +inf log-probabilities, or a row with no finite one (ids >= 1);
+    -inf (probability 0) is fine."""
+    lp = log_probs[..., 1:]
+    if bool(lp.isnan().any()) or bool((lp == float("inf")).any()) or not bool(
+            lp.isfinite().any(-1).all()):
+        raise ValueError("the log-probabilities are NaN or +inf, or a row has no finite one: "
+                         "a model whose weights are not finite (a training run that diverged, "
+                         "e.g. too high a --lr?)")
 
 
 def _device(model) -> torch.device:
@@ -146,6 +151,7 @@ def sample_next(log_probs: Tensor, temperature: float = 1.0, top_k: Optional[int
         return logits.argmax(-1)
     # Shifted so that the largest is 0 before the division: a tiny temperature then gives 0
     # and -inf (the argmax), not inf - inf = NaN.
+    logits = logits.double()  # a temperature below float32's range must not become 0
     logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
