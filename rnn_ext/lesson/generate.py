@@ -117,7 +117,8 @@ def get_next_n(model: CharModel, text: str, n: int, vocab: Optional[Vocab] = Non
         raise ValueError(f"get_next_n: n must be >= 0, got {n}")
     if len(text) == 0:
         raise ValueError("get_next_n: text must have at least one character")
-    _vocab_of(model, vocab).encode(text)  # its characters are checked even when n == 0
+    vocab = _vocab_of(model, vocab)  # resolved and checked once, not per character
+    vocab.encode(text)  # its characters are checked even when n == 0
     res, inp = text, text
     for _ in range(n):
         c = get_next(model, inp, vocab)
@@ -144,14 +145,14 @@ def sample_next(log_probs: Tensor, temperature: float = 1.0, top_k: Optional[int
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     _check_finite(log_probs)
-    logits = log_probs.float().clone()
+    # float64 (a copy): a temperature below float32's range must not become 0.
+    logits = log_probs.to(torch.float64, copy=True)
     if logits.shape[-1] > 1:
         logits[:, 0] = float("-inf")
     if greedy:
         return logits.argmax(-1)
     # Shifted so that the largest is 0 before the division: a tiny temperature then gives 0
     # and -inf (the argmax), not inf - inf = NaN.
-    logits = logits.double()  # a temperature below float32's range must not become 0
     logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
