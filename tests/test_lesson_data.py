@@ -94,3 +94,25 @@ def test_split_and_lesson_data():
         lesson_data("nope", text="abcdefghijklmnop")
     with pytest.raises(ValueError, match="too short"):
         lesson_data("overlap", text="abcdefghi")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"cs": 0}, r"cs \(the window length\) must be an integer >= 1, got 0"),
+    ({"cs": -3}, "got -3"),
+    ({"cs": 2.5}, "got 2.5"),
+    ({"cs": True}, "got True"),
+    ({"val_pct": -0.2}, r"val_pct must be a fraction in \[0, 1\), got -0.2"),
+    ({"val_pct": 1.0}, "got 1.0"),
+    ({"val_pct": float("nan")}, "got nan"),
+    ({"val_pct": "0.2"}, "got '0.2'"),
+])
+def test_lesson_data_refuses_bad_cs_and_val_pct(kwargs, match):
+    """A negative val_pct used to slice ``permutation(n)[:-k]``: nearly every row became a
+    validation row, silently; cs = 0 made empty windows."""
+    with pytest.raises(ValueError, match=match):
+        lesson_data("overlap", text="abcdefghijklmnopqrstuvwxyz" * 4, **kwargs)
+
+
+def test_lesson_data_val_pct_zero_and_numpy_cs():
+    d = lesson_data("overlap", text="abcdefghijklmnopqrstuvwxyz" * 4, cs=np.int64(4), val_pct=0)
+    assert len(d.val_x) == 0 and d.trn_x.shape == (104 - 4 - 1, 4)

@@ -6,6 +6,7 @@ import os
 import pathlib
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,8 +44,25 @@ def test_set_lrs():
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.5]
     set_lrs(opt, [0.1, 0.2])
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.2]
-    with pytest.raises(ValueError, match="2 parameter groups"):
-        set_lrs(opt, [0.1])
+    set_lrs(opt, np.array([0.3, 0.4]))  # fastai's differential rates are numpy arrays
+    assert [g["lr"] for g in opt.param_groups] == [0.3, 0.4]
+    set_lrs(opt, torch.tensor([0.5, 0.6], dtype=torch.float64))
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.6]
+    assert all(type(g["lr"]) is float for g in opt.param_groups)
+    set_lrs(opt, [0.1])  # one rate in a sequence: every group, as fastai.core.set_lrs
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.1]
+    set_lrs(opt, np.float32(0.25))
+    assert [g["lr"] for g in opt.param_groups] == [0.25, 0.25]
+    with pytest.raises(ValueError, match="3 rates for 2 parameter groups"):
+        set_lrs(opt, [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="3 rates for 2 parameter groups"):
+        set_lrs(opt, np.array([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match=r"1-D, got shape \(2, 1\)"):
+        set_lrs(opt, np.array([[0.1], [0.2]]))
+    for bad in (-0.1, float("nan"), float("inf"), [0.1, float("nan")]):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            set_lrs(opt, bad)
+    assert [g["lr"] for g in opt.param_groups] == [0.25, 0.25]  # a refused call changes nothing
 
 
 def test_debiased_average_is_fastai():

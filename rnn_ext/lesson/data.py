@@ -265,8 +265,13 @@ def lesson_data(kind: str, text: Optional[str] = None, bs: int = 512, cs: int = 
             real split is used here) and ``"overlap"``, ``n = len(xs) - cs - 1`` for ``"seq"``.
 
     Raises:
-        ValueError: unknown ``kind``; a text too short for one window.
+        ValueError: unknown ``kind``; ``cs`` not an integer >= 1; ``val_pct`` not in [0, 1);
+            a text too short for one window.
     """
+    if isinstance(cs, bool) or not isinstance(cs, (int, np.integer)) or cs < 1:
+        raise ValueError(f"cs (the window length) must be an integer >= 1, got {cs!r}")
+    if not (isinstance(val_pct, (int, float, np.floating)) and 0 <= val_pct < 1):
+        raise ValueError(f"val_pct must be a fraction in [0, 1), got {val_pct!r}")
     if text is None:
         text = load_nietzsche()
     if vocab is None:

@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -55,24 +56,37 @@ CHECKPOINT_FORMAT = "rnn_ext.lesson.checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def set_lrs(opt: torch.optim.Optimizer, lr: Union[float, Sequence[float]]) -> None:
+def set_lrs(opt: torch.optim.Optimizer, lr: Union[float, Sequence[float], np.ndarray]) -> None:
     """Set the learning rate of every parameter group (fastai 0.7's ``set_lrs``).
 
     Args:
         opt: any :class:`torch.optim.Optimizer`.
-        lr: one float for all groups, or one per group.
+        lr: one rate for all groups, or one per group (a list, tuple, 1-D numpy array or
+            tensor, as fastai's differential rates ``np.array([1e-4, 1e-3, 1e-2])``); a sequence
+            of one rate applies it to every group, as fastai does.
 
     Raises:
-        ValueError: a sequence whose length is not the number of groups, or a negative rate.
+        ValueError: a sequence whose length is neither 1 nor the number of groups; a rate that
+            is negative, NaN or infinite; an array of more than one dimension.
     """
     groups = opt.param_groups
-    lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(groups)
+    if isinstance(lr, (np.ndarray, torch.Tensor)):
+        if lr.ndim > 1:
+            raise ValueError(f"set_lrs: lr must be a number or 1-D, got shape {tuple(lr.shape)}")
+        lrs = [float(r) for r in lr.reshape(-1)] if lr.ndim == 1 else [float(lr)]
+    elif isinstance(lr, (list, tuple)):
+        lrs = [float(r) for r in lr]
+    else:
+        lrs = [float(lr)]
+    if len(lrs) == 1:
+        lrs = lrs * len(groups)
     if len(lrs) != len(groups):
         raise ValueError(f"set_lrs: got {len(lrs)} rates for {len(groups)} parameter groups")
+    for r in lrs:
+        if not (math.isfinite(r) and r >= 0):
+            raise ValueError(f"set_lrs: learning rate must be finite and >= 0, got {r}")
     for g, r in zip(groups, lrs):
-        if r < 0:
-            raise ValueError(f"set_lrs: learning rate must be >= 0, got {r}")
-        g["lr"] = float(r)
+        g["lr"] = r
 
 
 def debiased_average(losses: Sequence[float], beta: float = BETA, avg: float = 0.0,
