@@ -14,6 +14,7 @@ features.
 
 from __future__ import annotations
 
+import operator
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -31,10 +32,23 @@ def has_cuda_kernels() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("rnn_ext::elman_forward", "CUDA")
 
 
+_SMALL_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32)
+
+
 def _as_lengths(lengths: LengthsLike) -> Optional[Tensor]:
-    if lengths is None or isinstance(lengths, Tensor):
-        return lengths
-    return torch.as_tensor(list(lengths), dtype=torch.int64)
+    """``lengths`` as the operators take it: an int64 tensor (smaller integer dtypes are
+    widened, as ``pack_padded_sequence`` does; other dtypes are left for the operator's check),
+    or a list of integers made one. A list holding a non-integer (``2.7``) is a TypeError,
+    not a truncation."""
+    if lengths is None:
+        return None
+    if isinstance(lengths, Tensor):
+        return lengths.long() if lengths.dtype in _SMALL_INT_DTYPES else lengths
+    values = list(lengths)
+    try:
+        return torch.tensor([operator.index(v) for v in values], dtype=torch.int64)
+    except TypeError:
+        raise TypeError(f"lengths must hold integers, got {values!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,9 +84,10 @@ def elman_rnn(
         nonlinearity: ``"tanh"`` or ``"relu"``.
         reverse: process the sequence from the last step to the first (the second direction of
             a bidirectional layer).
-        lengths: ``None`` or int64 ``(B,)`` (a tensor on the CPU or on ``input``'s device, or a
-            list) with ``1 <= lengths[b] <= T``: a padded batch. Steps ``t >= lengths[b]``
-            output 0 and leave the state unchanged, so ``h_n[b]`` is the state at the last valid
+        lengths: ``None`` or integer ``(B,)`` (an int64 tensor, or int32 / int16 / int8 / uint8
+            widened to it, on the CPU or on ``input``'s device; or a list of ints) with
+            ``1 <= lengths[b] <= T``: a padded batch. Steps ``t >= lengths[b]`` output 0 and
+            leave the state unchanged, so ``h_n[b]`` is the state at the last valid
             step; with ``reverse`` each sequence starts at its own step ``lengths[b] - 1``.
             Lengths on a CUDA device are read back to check their values (a synchronisation),
             except while a CUDA graph is being captured, when a device-side assert checks them;
@@ -86,6 +101,7 @@ def elman_rnn(
             expected one), mismatched dtypes or devices, a dtype that is not floating; CPU
             ``lengths`` with CUDA tensors during CUDA-graph capture.
         ValueError: ``T == 0``, a length outside ``[1, T]``, an unknown ``nonlinearity``.
+        TypeError: a ``lengths`` list holding something other than integers.
 
     Gradients flow to ``input``, ``h_0``, the weights and the biases through the fused
     ``rnn_ext::elman_backward`` operator. Double backward (``create_graph=True``) is computed

@@ -19,7 +19,7 @@ keeping the very same ``Parameter`` objects (so an optimizer built before the sw
 
 from __future__ import annotations
 
-from typing import Optional, Type, TypeVar
+from typing import Optional, Tuple, Type, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +42,10 @@ def _retype(module: nn.Module, new_cls: Type[_M]) -> _M:
     """A new module of class ``new_cls`` (or its parametrized twin) that shares ``module``'s
     parameters, buffers, submodules, hooks and attributes (training mode, sizes, ...).
 
-    The containers (parameter/buffer/module dicts, hook dicts, weight-name lists) are shallow
-    copies, so the two modules are independent objects holding the same tensors."""
+    The parameter/buffer/module dicts and weight-name lists are shallow copies, so the two
+    modules are independent objects holding the same tensors. The hook dicts are shared (the
+    same objects): a handle returned by ``register_*_hook`` before the conversion keeps
+    working (``handle.remove()`` removes the hook from the new module, and from the old one)."""
     cls = type(module)
     if parametrize.is_parametrized(module) and cls.__name__.startswith("Parametrized"):
         # register_parametrization swapped the class for a generated subclass holding one
@@ -55,11 +57,56 @@ def _retype(module: nn.Module, new_cls: Type[_M]) -> _M:
     new = new_cls.__new__(new_cls)
     state = {}
     for key, value in module.__dict__.items():
-        if isinstance(value, (dict, list)):
+        if "hooks" in key and isinstance(value, dict):
+            pass  # shared: RemovableHandle finds its hook through a weakref to this dict
+        elif isinstance(value, (dict, list)):
             value = type(value)(value) if not isinstance(value, list) else list(value)
         state[key] = value
     new.__dict__.update(state)
     return new
+
+
+def _check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> None:
+    """A PackedSequence's ``batch_sizes`` must be a 1-D CPU int64 tensor of non-negative,
+    non-increasing counts summing to ``data.size(0)`` (what ``pack_padded_sequence`` makes).
+    A hand-built one that is not would make ``pad_packed_sequence`` abort the process (a
+    negative count) or drop rows silently (a 0 before a non-zero count); nn.RNN raises."""
+    if batch_sizes.dim() != 1 or batch_sizes.device.type != "cpu" or \
+            batch_sizes.dtype != torch.int64:
+        raise RuntimeError(
+            f"RNN: a PackedSequence's batch_sizes must be a 1-D int64 CPU tensor, got shape "
+            f"{tuple(batch_sizes.shape)}, dtype {batch_sizes.dtype} on {batch_sizes.device}"
+        )
+    if batch_sizes.numel() == 0:
+        return  # nn.RNN's IndexError follows (batch_sizes[0])
+    counts = batch_sizes.tolist()
+    if counts[-1] < 0 or any(a < b for a, b in zip(counts, counts[1:])):
+        raise RuntimeError(
+            f"RNN: a PackedSequence's batch_sizes must be non-negative and non-increasing "
+            f"(sequences sorted by decreasing length), got {counts}"
+        )
+    if sum(counts) != data.size(0):
+        raise RuntimeError(
+            f"RNN: a PackedSequence's batch_sizes sum to {sum(counts)} but its data has "
+            f"{data.size(0)} rows"
+        )
+
+
+def _check_convertible(module: nn.Module, classes: Tuple[type, ...], expected: str) -> None:
+    """from_torch's check: ``module`` is exactly one of ``classes`` (parametrized or not)."""
+    base = _base_class(module)
+    if base in classes:
+        return
+    parents = [c for c in classes if isinstance(module, c)]
+    if parents:
+        parent = parents[-1]
+        package = "torch.nn" if parent.__module__.startswith("torch") else "rnn_ext"
+        raise TypeError(
+            f"from_torch expects a {expected}, got {base.__name__}, a subclass of "
+            f"{package}.{parent.__name__}: converting it would drop its own forward and "
+            f"methods (convert_rnn leaves subclasses alone)"
+        )
+    raise TypeError(f"from_torch expects a {expected}, got {type(module).__name__}")
 
 
 def _base_class(module: nn.Module) -> type:
@@ -199,6 +246,7 @@ class RNN(nn.RNNBase):
         batch_dim = 0 if self.batch_first else 1
         if is_packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
+            _check_batch_sizes(data, batch_sizes)
             max_batch_size = int(batch_sizes[0])
             x = data
         else:
@@ -243,6 +291,14 @@ class RNN(nn.RNNBase):
         self._check_dtype_device(x, hx)
 
         lengths = None
+        if is_packed and max_batch_size == 0:
+            # No sequences (batch_sizes all 0): nn.RNN returns empty data and hx unchanged.
+            out_size = num_directions * (self.proj_size or self.hidden_size)
+            return (
+                PackedSequence(x.new_zeros((0, out_size)), batch_sizes, sorted_indices,
+                               unsorted_indices),
+                self.permute_hidden(hx, unsorted_indices),
+            )
         if is_packed:
             # Packed (sorted) data -> padded (T, B, I) and per-sequence lengths.
             x, lengths = pad_packed_sequence(PackedSequence(x, batch_sizes))
@@ -313,9 +369,10 @@ class RNN(nn.RNNBase):
         """An :class:`RNN` sharing ``module``'s parameters (the same ``Parameter`` objects),
         hooks, training mode, device and dtype; parametrizations are kept.
 
-        Raises TypeError if ``module`` is not a ``torch.nn.RNN`` (or an :class:`RNN`)."""
-        if not isinstance(module, (nn.RNN, RNN)):
-            raise TypeError(f"from_torch expects a torch.nn.RNN, got {type(module).__name__}")
+        Raises TypeError if ``module`` is not a ``torch.nn.RNN`` (or an :class:`RNN`), or is a
+        subclass of one (its own ``forward`` and methods would be lost; :func:`convert_rnn`
+        leaves such modules alone)."""
+        _check_convertible(module, (nn.RNN, RNN), "torch.nn.RNN")
         return _retype(module, cls)
 
     def to_torch(self) -> nn.RNN:
@@ -403,11 +460,9 @@ class RNNCell(nn.RNNCell):
     @classmethod
     def from_torch(cls, module: nn.RNNCell) -> "RNNCell":
         """An :class:`RNNCell` sharing ``module``'s parameters (the same ``Parameter`` objects),
-        hooks, training mode, device and dtype. Raises TypeError for a non-``nn.RNNCell``."""
-        if not isinstance(module, nn.RNNCell):
-            raise TypeError(
-                f"from_torch expects a torch.nn.RNNCell, got {type(module).__name__}"
-            )
+        hooks, training mode, device and dtype. Raises TypeError for a module that is not an
+        ``nn.RNNCell`` (or an :class:`RNNCell`), or is a subclass of one."""
+        _check_convertible(module, (nn.RNNCell, RNNCell), "torch.nn.RNNCell")
         return _retype(module, cls)
 
     def to_torch(self) -> nn.RNNCell:

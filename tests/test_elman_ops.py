@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -781,3 +782,21 @@ def test_missing_compiled_extension_is_a_clear_import_error(tmp_path):
     assert r.returncode != 0
     assert "rnn_ext._C could not be loaded" in r.stderr
     assert "pip install --no-build-isolation -e ." in r.stderr
+
+
+def test_lengths_of_any_integer_dtype_and_no_truncation():
+    """Integer lengths of a smaller dtype are widened (as pack_padded_sequence does); a list
+    holding a float is refused (it was truncated: 2.7 -> 2, silently)."""
+    gen = torch.Generator().manual_seed(0)
+    x, h0 = torch.randn(4, 3, 2, generator=gen), torch.zeros(3, 5)
+    w_ih, w_hh = torch.randn(5, 2, generator=gen), torch.randn(5, 5, generator=gen) / 3
+    expected = elman_rnn(x, h0, w_ih, w_hh, lengths=torch.tensor([4, 2, 1]))
+    for dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
+        got = elman_rnn(x, h0, w_ih, w_hh, lengths=torch.tensor([4, 2, 1], dtype=dtype))
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    got = elman_rnn(x, h0, w_ih, w_hh, lengths=[np.int64(4), 2, torch.tensor(1)])
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    with pytest.raises(TypeError, match=r"lengths must hold integers, got \[2.7, 4, 1\]"):
+        elman_rnn(x, h0, w_ih, w_hh, lengths=[2.7, 4, 1])
+    with pytest.raises(RuntimeError, match="expected lengths of dtype int64, but got Float"):
+        elman_rnn(x, h0, w_ih, w_hh, lengths=torch.tensor([4.0, 2.0, 1.0]))

@@ -581,6 +581,59 @@ def test_convert_rnn_nested_model():
     assert convert_rnn(model) is model and type(model.encoder[1]) is RNN
 
 
+def test_from_torch_refuses_subclasses():
+    """A subclass's own forward would be lost silently (convert_rnn leaves them alone)."""
+    class Doubled(nn.RNN):
+        def forward(self, *args):
+            out, h = super().forward(*args)
+            return 2 * out, h
+
+    class MyCell(nn.RNNCell):
+        pass
+
+    with pytest.raises(TypeError, match="got Doubled, a subclass of torch.nn.RNN"):
+        RNN.from_torch(Doubled(3, 4))
+    with pytest.raises(TypeError, match="got MyCell, a subclass of torch.nn.RNNCell"):
+        RNNCell.from_torch(MyCell(3, 4))
+    with pytest.raises(TypeError, match="a subclass of rnn_ext.RNN"):
+        RNN.from_torch(type("Mine", (RNN,), {})(3, 4))
+    assert type(RNN.from_torch(RNN(3, 4))) is RNN  # exact classes, parametrized or not, pass
+    m = nn.RNN(3, 4)
+    parametrize.register_parametrization(m, "weight_hh_l0", nn.Identity())
+    assert isinstance(RNN.from_torch(m), RNN)
+
+
+@pytest.mark.parametrize("how", ["convert_rnn", "from_torch"])
+def test_hook_handles_made_before_conversion_still_remove(how):
+    """nn.Module hooks are removed through their handle; the converted module must honour a
+    handle returned before the conversion (forward, pre-forward, full backward, state_dict)."""
+    for ref_cls, our_cls, args in ((nn.RNN, RNN, (torch.randn(2, 1, 3, requires_grad=True),)),
+                                   (nn.RNNCell, RNNCell, (torch.randn(1, 3, requires_grad=True),))):
+        m = ref_cls(3, 4)
+        calls = []
+        handles = [
+            m.register_forward_hook(lambda *a: calls.append("fwd")),
+            m.register_forward_hook(lambda *a, **k: calls.append("fwd_kw"), with_kwargs=True,
+                                    always_call=True),
+            m.register_forward_pre_hook(lambda *a: calls.append("pre")),
+            m.register_full_backward_hook(lambda *a: calls.append("bwd")),
+            m.register_state_dict_post_hook(lambda *a: calls.append("sd")),
+        ]
+        new = convert_rnn(m) if how == "convert_rnn" else our_cls.from_torch(m)
+        assert type(new) is our_cls
+        out = new(*args)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+        new.state_dict()
+        assert sorted(calls) == ["bwd", "fwd", "fwd_kw", "pre", "sd"]
+        for h in handles:
+            h.remove()
+        calls.clear()
+        out = new(*args)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+        new.state_dict()
+        assert calls == []
+
+
 def test_convert_rnn_on_a_bare_module():
     m = nn.RNN(3, 4)
     c = convert_rnn(m)
@@ -780,3 +833,39 @@ def test_cpu_autocast_like_nn_rnn():
         y_ref, y = cell_ref(x[0]), cell(x[0])
     assert y.dtype == y_ref.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("batch_sizes, match", [
+    ([3, -1, 4], r"non-negative and non-increasing .*got \[3, -1, 4\]"),  # aborted the process
+    ([3, 0, 2], r"non-increasing .*got \[3, 0, 2\]"),  # dropped 2 rows silently
+    ([2, 3], r"non-increasing"),
+    ([-1], r"non-negative"),
+])
+def test_malformed_packed_sequence_is_an_error(batch_sizes, match):
+    n = max(sum(batch_sizes), 0)
+    ps = PackedSequence(torch.randn(n, 3), torch.tensor(batch_sizes))
+    with pytest.raises(RuntimeError):
+        nn.RNN(3, 4)(ps)
+    with pytest.raises(RuntimeError, match=match):
+        RNN(3, 4)(ps)
+
+
+def test_packed_sequence_batch_sizes_checks():
+    with pytest.raises(RuntimeError, match="sum to 5 but its data has 6 rows"):
+        RNN(3, 4)(PackedSequence(torch.randn(6, 3), torch.tensor([3, 2])))
+    with pytest.raises(RuntimeError, match="1-D int64 CPU tensor, got shape \\(2,\\), "
+                                           "dtype torch.int32"):
+        RNN(3, 4)(PackedSequence(torch.randn(5, 3), torch.tensor([3, 2], dtype=torch.int32)))
+
+
+@pytest.mark.parametrize("batch_sizes", [[0], [0, 0]])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_packed_sequence_of_no_sequences_matches_nn_rnn(batch_sizes, with_hx):
+    """batch_sizes all 0: nn.RNN returns empty data and h_n of batch 0 (rnn_ext raised)."""
+    ref, ours = _pair(0, torch.float32, input_size=3, hidden_size=4, num_layers=2,
+                      bidirectional=True)
+    ps = PackedSequence(torch.randn(0, 3), torch.tensor(batch_sizes))
+    hx = torch.randn(4, 0, 4) if with_hx else None
+    (o_ref, h_ref), (o, h) = ref(ps, hx), ours(ps, hx)
+    assert o.data.shape == o_ref.data.shape == (0, 8) and h.shape == h_ref.shape == (4, 0, 4)
+    assert torch.equal(o.batch_sizes, o_ref.batch_sizes) and o.data.dtype == o_ref.data.dtype
