@@ -75,8 +75,13 @@ void check_elman_backward_args(
 // lengths[b] - 1 with lengths).
 class ElmanGradAccumulator {
  public:
-  // input (T, B, I); H the hidden size; grad_input is allocated here when wanted.
-  ElmanGradAccumulator(const at::Tensor& input, int64_t H, bool want_grad_input);
+  // input (T, B, I); H the hidden size; grad_input is allocated here when wanted. lengths:
+  // undefined or int64 (B,) on input's device. With lengths, the padded steps' rows of x and
+  // of h_prev are read as 0 in the weight GEMMs: their ga is 0, but 0 * NaN (garbage padding,
+  // an inf state) is NaN, and nn.RNN on a PackedSequence never reads those rows. (The CPU
+  // kernel passes lengths only when some sequence is padded: the mask costs a copy of x.)
+  ElmanGradAccumulator(const at::Tensor& input, int64_t H, bool want_grad_input,
+                       const at::Tensor& lengths = at::Tensor());
   // ga_chunk: contiguous (n, B, H), the steps [a, a + n); output (T, B, H) is the forward's.
   void add_chunk(const at::Tensor& ga_chunk, int64_t a, const at::Tensor& output,
                  const at::Tensor& input, const at::Tensor& weight_ih, bool reverse);
@@ -92,6 +97,7 @@ class ElmanGradAccumulator {
  private:
   bool transposed_weight_ih;  // accumulate grad_weight_ih as (I, H) (faster with MKL, I << H)
   at::Tensor grad_input, grad_weight_ih, grad_weight_hh;
+  at::Tensor step_valid;  // (T, B, 1) bool: t < lengths[b]; undefined without padded steps
 };
 
 // The same for a whole ga (T, B, H) at once (one chunk); lengths is undefined or int64 (B,) on

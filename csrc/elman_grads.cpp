@@ -10,13 +10,17 @@
 namespace rnn_ext {
 
 ElmanGradAccumulator::ElmanGradAccumulator(const at::Tensor& input, int64_t H,
-                                           bool want_grad_input)
+                                           bool want_grad_input, const at::Tensor& lengths)
     // On the CPU, MKL runs the skinny product of grad_weight_ih faster as x^T ga, (I, H), than
     // as ga^T x when I is small against H (0.35 vs 0.60 ms at the lesson's I = 42, H = 256;
     // no gain at I = H/2, a loss at I = H); finish() transposes it, a small copy.
     : transposed_weight_ih(input.is_cpu() && 3 * input.size(2) <= H) {
   if (want_grad_input) {
     grad_input = at::empty(input.sizes(), input.options());
+  }
+  if (lengths.defined()) {  // (no read-back of lengths here: CUDA graphs capture this code)
+    step_valid =
+        at::arange(input.size(0), lengths.options()).unsqueeze(1).lt(lengths).unsqueeze(2);
   }
 }
 
@@ -30,7 +34,11 @@ void ElmanGradAccumulator::add_chunk(const at::Tensor& ga_chunk, int64_t a,
     at::Tensor rows = grad_input.narrow(0, a, n).view({n * B, I});
     at::mm_out(rows, ga2d, weight_ih);
   }
-  const at::Tensor x2d = input.narrow(0, a, n).reshape({n * B, I});
+  at::Tensor x = input.narrow(0, a, n);
+  if (step_valid.defined()) {  // padded rows read as 0 (see the constructor's comment)
+    x = at::where(step_valid.narrow(0, a, n), x, 0);
+  }
+  const at::Tensor x2d = x.reshape({n * B, I});
   const at::Tensor lhs = transposed_weight_ih ? x2d.t() : ga2d.t();
   const at::Tensor rhs = transposed_weight_ih ? ga2d : x2d;
   if (grad_weight_ih.defined()) {
@@ -55,7 +63,14 @@ void ElmanGradAccumulator::add_chunk(const at::Tensor& ga_chunk, int64_t a,
   }
   const int64_t m = (hi - lo) * B;
   const at::Tensor ga_rows = ga2d.narrow(0, (lo - a) * B, m);
-  const at::Tensor h_prev = output.narrow(0, reverse ? lo + 1 : lo - 1, hi - lo).reshape({m, H});
+  at::Tensor h_prev = output.narrow(0, reverse ? lo + 1 : lo - 1, hi - lo);
+  if (step_valid.defined() && !reverse) {
+    // Forward, a sequence's first padded step t = lengths[b] has h_prev = output[t - 1], its
+    // last valid state; later padded steps (and, reversed, every padded step) read output rows
+    // that are 0 already.
+    h_prev = at::where(step_valid.narrow(0, lo, hi - lo), h_prev, 0);
+  }
+  h_prev = h_prev.reshape({m, H});
   if (grad_weight_hh.defined()) {
     grad_weight_hh.addmm_(ga_rows.t(), h_prev);
   } else {
@@ -94,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_sequence_grads(
     const at::Tensor& lengths, bool reverse, std::array<bool, 2> output_mask,
     at::Tensor grad_h_0_buffer, bool h_0_is_zero) {
   const int64_t T = ga.size(0), B = ga.size(1);
-  ElmanGradAccumulator acc(input, ga.size(2), output_mask[0]);
+  ElmanGradAccumulator acc(input, ga.size(2), output_mask[0], lengths);
   acc.add_chunk(ga, 0, output, input, weight_ih, reverse);
   // ga of each sequence's first step (g0) multiplies h_0 and gives grad_h_0.
   at::Tensor g0;

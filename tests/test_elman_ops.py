@@ -800,3 +800,50 @@ def test_lengths_of_any_integer_dtype_and_no_truncation():
         elman_rnn(x, h0, w_ih, w_hh, lengths=[2.7, 4, 1])
     with pytest.raises(RuntimeError, match="expected lengths of dtype int64, but got Float"):
         elman_rnn(x, h0, w_ih, w_hh, lengths=torch.tensor([4.0, 2.0, 1.0]))
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("create_graph", [False, True])
+@pytest.mark.parametrize("case", ["nan_padding", "inf_padding", "nan_last_valid_step"])
+def test_non_finite_padding_is_never_read(nonlinearity, reverse, create_graph, case):
+    """Steps t >= lengths[b] are not part of the sequence: nn.RNN on a PackedSequence never
+    reads their input, nor (forward) multiplies a sequence's last state by their zero
+    gradient. The weight gradients were NaN (0 * NaN in the whole-sequence GEMMs), and with
+    create_graph=True every gradient was. Reference: nn.RNN on the packed batch, float64, with
+    a loss that reads only the finite sequence 0 in the third case."""
+    dt = torch.float64
+    gen = torch.Generator().manual_seed(3)
+    T, B, I, H = 5, 3, 2, 4
+    lengths = torch.tensor([5, 2, 3])
+    x = torch.randn(T, B, I, dtype=dt, generator=gen)
+    if case == "nan_last_valid_step":
+        x[1, 1, 0] = float("nan")  # sequence 1's last valid step (its state goes NaN)
+    else:
+        bad = float("nan") if case == "nan_padding" else float("inf")
+        for b, n in enumerate(lengths.tolist()):
+            x[n:, b] = bad
+    rnn = nn.RNN(I, H, nonlinearity=nonlinearity, bidirectional=True, dtype=dt)
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    h0 = torch.randn(2, B, H, dtype=dt, generator=gen, requires_grad=True)
+    d = 1 if reverse else 0
+    params = _rnn_params(rnn, "_reverse" if reverse else "")
+
+    out_ref, hn_ref = rnn(pack_padded_sequence(x_ref, lengths, enforce_sorted=False), h0)
+    out_ref, _ = pad_packed_sequence(out_ref)
+    out_ref, hn_ref = out_ref[..., d * H:(d + 1) * H], hn_ref[d]
+    out, hn = elman_rnn(x_ours, h0[d], *params, nonlinearity, reverse, lengths)
+
+    if case == "nan_last_valid_step":  # a loss that reads only sequence 0
+        loss_ref, loss = out_ref[:, 0].sum() + hn_ref[0].sum(), out[:, 0].sum() + hn[0].sum()
+    else:
+        w = torch.randn(T, B, H, dtype=dt, generator=gen)
+        loss_ref, loss = (out_ref * w).sum() + hn_ref.sum(), (out * w).sum() + hn.sum()
+    g_ref = list(torch.autograd.grad(loss_ref, [x_ref, h0, *params]))
+    g = list(torch.autograd.grad(loss, [x_ours, h0, *params], create_graph=create_graph))
+    g[1], g_ref[1] = g[1][d], g_ref[1][d]  # h_0: the other direction's half is nn.RNN's own
+    for i, (a, e) in enumerate(zip(g, g_ref)):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, equal_nan=True,
+                                   msg=lambda m, i=i: f"gradient {i}: {m}")
+    if case != "nan_last_valid_step":
+        assert all(torch.isfinite(t).all() for t in g)

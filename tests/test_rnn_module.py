@@ -869,3 +869,39 @@ def test_packed_sequence_of_no_sequences_matches_nn_rnn(batch_sizes, with_hx):
     (o_ref, h_ref), (o, h) = ref(ps, hx), ours(ps, hx)
     assert o.data.shape == o_ref.data.shape == (0, 8) and h.shape == h_ref.shape == (4, 0, 4)
     assert torch.equal(o.batch_sizes, o_ref.batch_sizes) and o.data.dtype == o_ref.data.dtype
+
+
+@pytest.mark.parametrize("kind", ["rnn", "cell"])
+def test_bias_updated_in_place_between_forward_and_backward(kind):
+    """nn.RNN / nn.RNNCell do not save their biases for backward, so updating one in place
+    (an optimizer step on another loss, say) before backward is allowed and the gradients are
+    the forward's. rnn_ext raised autograd's "modified by an inplace operation"; double
+    backward, which recomputes the forward, refuses it with a message that says why."""
+    torch.manual_seed(0)
+    if kind == "rnn":
+        ref, ours = _pair(0, torch.float64, input_size=3, hidden_size=4, num_layers=2)
+        x = torch.randn(5, 2, 3, dtype=torch.float64)
+    else:
+        ref = nn.RNNCell(3, 4, dtype=torch.float64)
+        ours = RNNCell(3, 4, dtype=torch.float64)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(2, 3, dtype=torch.float64)
+    grads = []
+    for m in (ref, ours):
+        out = m(x)
+        y = out[0] if isinstance(out, tuple) else out
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if name.startswith("bias"):
+                    p.add_(1.0)
+        grads.append(torch.autograd.grad(y.square().sum(), list(m.parameters())))
+    for a, e in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, e, **TOL[torch.float64])
+
+    out = ours(x)
+    y = out[0] if isinstance(out, tuple) else out
+    with torch.no_grad():
+        (ours.bias_hh_l0 if kind == "rnn" else ours.bias_hh).mul_(2)
+    with pytest.raises(RuntimeError, match="bias_hh was modified by an in-place operation after "
+                                           "the forward.*double backward"):
+        torch.autograd.grad(y.square().sum(), list(ours.parameters()), create_graph=True)

@@ -4,8 +4,8 @@
 // forward and as much per backward).
 //
 // forward   redispatches below autograd to the backend kernel (or the fake kernel under
-//           torch.compile / opcheck) and saves the inputs and the output (the only activations
-//           the fused backward needs). An unused output's gradient arrives undefined (grads
+//           torch.compile / opcheck) and saves the inputs but the biases, and the output (the
+//           only activations the fused backward needs); see keep_bias. An unused output's gradient arrives undefined (grads
 //           are not materialized): the backward hands the kernels a broadcast zero in its place,
 //           which the CPU kernel reads without allocating it.
 // backward  elman_backward / elman_cell_backward, with output_mask from needs_input_grad. With
@@ -41,13 +41,19 @@ std::tuple<at::Tensor, at::Tensor> elman_reference(
   at::Tensor h = h_0;
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    const at::Tensor a = at::linear(input.select(0, t), weight_ih, b_ih) +
-                         at::linear(h, weight_hh, b_hh);
+    const at::Tensor running = len.defined() ? at::gt(len, t).unsqueeze(1) : at::Tensor();
+    // A padded step's input and state are never multiplied (as by nn.RNN on a
+    // PackedSequence): masked before the products, so that NaN padding or a NaN state gives no
+    // NaN through the derivatives of the discarded branch (0 * NaN). The state itself passes
+    // the padded step through the where() below.
+    const at::Tensor x_t =
+        running.defined() ? at::where(running, input.select(0, t), 0) : input.select(0, t);
+    const at::Tensor h_in = running.defined() ? at::where(running, h, 0) : h;
+    const at::Tensor a = at::linear(x_t, weight_ih, b_ih) + at::linear(h_in, weight_hh, b_hh);
     const at::Tensor h_new = nonlinearity == "relu" ? at::relu(a) : at::tanh(a);
-    if (!len.defined()) {
+    if (!running.defined()) {
       outs[t] = h = h_new;
     } else {
-      const at::Tensor running = at::gt(len, t).unsqueeze(1);
       outs[t] = at::where(running, h_new, at::zeros_like(h_new));
       h = at::where(running, h_new, h);
     }
@@ -58,6 +64,34 @@ std::tuple<at::Tensor, at::Tensor> elman_reference(
 // A zero that broadcasts to `like`'s shape (strides 0): the gradient of an unused output.
 at::Tensor broadcast_zero(const at::Tensor& like) {
   return at::zeros({}, like.options()).expand(like.sizes());
+}
+
+// The biases are not saved for backward: the fused backward does not read them (nn.RNN saves
+// them neither, so an in-place update of a bias between forward and backward is allowed).
+// Only double backward, which recomputes the forward, needs them: it keeps a reference and
+// the version the forward saw, and refuses a bias changed in place since (the recomputation
+// would not be the forward that ran).
+void keep_bias(AutogradContext* ctx, const char* name, const std::optional<at::Tensor>& bias) {
+  const bool has = bias.has_value() && bias->defined();
+  ctx->saved_data[name] = has ? *bias : at::Tensor();
+  ctx->saved_data[std::string(name) + "_version"] =
+      has && !bias->is_inference() ? static_cast<int64_t>(bias->_version()) : int64_t(0);
+}
+
+at::Tensor bias_for_recomputation(AutogradContext* ctx, const char* op, const char* name) {
+  const at::Tensor bias = ctx->saved_data[name].toTensor();
+  if (bias.defined() && !bias.is_inference()) {  // (an inference tensor has no version)
+    const int64_t saved = ctx->saved_data[std::string(name) + "_version"].toInt();
+    TORCH_CHECK(static_cast<int64_t>(bias._version()) == saved, op, ": ", name,
+                " was modified by an in-place operation after the forward (version ", saved,
+                ", now ", bias._version(), "); double backward (create_graph=True) recomputes "
+                "the forward from it. Update it out of place, or after the backward.");
+  }
+  return bias;
+}
+
+bool has_bias(AutogradContext* ctx, const char* name) {
+  return ctx->saved_data[name].toTensor().defined();
 }
 
 // The gradients, with a graph, of `outputs` (a recomputation) for the first `n` saved tensors
@@ -113,8 +147,9 @@ class ElmanFunction : public torch::autograd::Function<ElmanFunction> {
                              const std::optional<at::Tensor>&)>();
     auto [output, h_n] = op.call(input, h_0, weight_ih, weight_hh, bias_ih, bias_hh,
                                  nonlinearity, reverse, lengths);
-    ctx->save_for_backward({input, h_0, weight_ih, weight_hh, or_undefined(bias_ih),
-                            or_undefined(bias_hh), output, or_undefined(lengths)});
+    ctx->save_for_backward({input, h_0, weight_ih, weight_hh, output, or_undefined(lengths)});
+    keep_bias(ctx, "bias_ih", bias_ih);
+    keep_bias(ctx, "bias_hh", bias_hh);
     ctx->saved_data["nonlinearity"] = std::string(nonlinearity);
     ctx->saved_data["reverse"] = reverse;
     ctx->set_materialize_grads(false);
@@ -122,8 +157,9 @@ class ElmanFunction : public torch::autograd::Function<ElmanFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const variable_list s = ctx->get_saved_variables();
-    const at::Tensor& out = s[6];
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& out = saved[4];
+    const at::Tensor& lengths = saved[5];
     const std::string nonlinearity = ctx->saved_data["nonlinearity"].toStringRef();
     const bool reverse = ctx->saved_data["reverse"].toBool();
     const at::Tensor grad_output =
@@ -131,8 +167,12 @@ class ElmanFunction : public torch::autograd::Function<ElmanFunction> {
     const at::Tensor grad_h_n =
         grad_outputs[1].defined() ? grad_outputs[1] : broadcast_zero(out.select(0, 0));
     if (at::GradMode::is_enabled()) {
+      const char* op_name = "rnn_ext::elman_forward";
+      const variable_list s = {saved[0], saved[1], saved[2], saved[3],
+                               bias_for_recomputation(ctx, op_name, "bias_ih"),
+                               bias_for_recomputation(ctx, op_name, "bias_hh")};
       auto [o, h] = elman_reference(s[0], s[1], s[2], s[3], s[4], s[5], nonlinearity, reverse,
-                                    s[7]);
+                                    lengths);
       variable_list g = grads_by_recomputation(ctx, s, 6, {o, h}, {grad_output, grad_h_n});
       g.resize(9);
       return g;
@@ -146,14 +186,15 @@ class ElmanFunction : public torch::autograd::Function<ElmanFunction> {
                              const at::Tensor&, c10::string_view, bool,
                              const std::optional<at::Tensor>&, std::array<bool, 2>)>();
     auto [gx, gh0, gwih, gwhh, gb] =
-        op.call(grad_output, grad_h_n, s[0], s[1], s[2], s[3], out, nonlinearity, reverse,
-                as_optional(s[7]), {ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
+        op.call(grad_output, grad_h_n, saved[0], saved[1], saved[2], saved[3], out,
+                nonlinearity, reverse, as_optional(lengths),
+                {ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
     return {gx,
             gh0,
             gwih,
             gwhh,
-            s[4].defined() ? gb : at::Tensor(),
-            s[5].defined() ? gb : at::Tensor(),
+            has_bias(ctx, "bias_ih") ? gb : at::Tensor(),
+            has_bias(ctx, "bias_hh") ? gb : at::Tensor(),
             at::Tensor(),
             at::Tensor(),
             at::Tensor()};
@@ -177,16 +218,21 @@ class ElmanCellFunction : public torch::autograd::Function<ElmanCellFunction> {
                                            const std::optional<at::Tensor>&,
                                            c10::string_view)>();
     at::Tensor hy = op.call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity);
-    ctx->save_for_backward({input, hx, weight_ih, weight_hh, or_undefined(bias_ih),
-                            or_undefined(bias_hh), hy});
+    ctx->save_for_backward({input, hx, weight_ih, weight_hh, hy});
+    keep_bias(ctx, "bias_ih", bias_ih);
+    keep_bias(ctx, "bias_hh", bias_hh);
     ctx->saved_data["nonlinearity"] = std::string(nonlinearity);
     return {hy};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const variable_list s = ctx->get_saved_variables();
+    const variable_list saved = ctx->get_saved_variables();
     const std::string nonlinearity = ctx->saved_data["nonlinearity"].toStringRef();
     if (at::GradMode::is_enabled()) {
+      const char* op_name = "rnn_ext::elman_cell_forward";
+      const variable_list s = {saved[0], saved[1], saved[2], saved[3],
+                               bias_for_recomputation(ctx, op_name, "bias_ih"),
+                               bias_for_recomputation(ctx, op_name, "bias_hh")};
       auto [o, h] = elman_reference(s[0].unsqueeze(0), s[1], s[2], s[3], s[4], s[5],
                                     nonlinearity, /*reverse=*/false, at::Tensor());
       variable_list g = grads_by_recomputation(ctx, s, 6, {h}, {grad_outputs[0]});
@@ -201,13 +247,13 @@ class ElmanCellFunction : public torch::autograd::Function<ElmanCellFunction> {
                              const at::Tensor&, const at::Tensor&, const at::Tensor&,
                              c10::string_view)>();
     auto [gx, ghx, gwih, gwhh, gb] =
-        op.call(grad_outputs[0], s[0], s[1], s[2], s[3], s[6], nonlinearity);
+        op.call(grad_outputs[0], saved[0], saved[1], saved[2], saved[3], saved[4], nonlinearity);
     return {gx,
             ghx,
             gwih,
             gwhh,
-            s[4].defined() ? gb : at::Tensor(),
-            s[5].defined() ? gb : at::Tensor(),
+            has_bias(ctx, "bias_ih") ? gb : at::Tensor(),
+            has_bias(ctx, "bias_hh") ? gb : at::Tensor(),
             at::Tensor()};
   }
 };
