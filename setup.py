@@ -9,7 +9,8 @@ Decision (printed at build time):
 TORCH_CUDA_ARCH_LIST picks the GPU architectures (default: the visible GPU's, or "9.0" when no
 GPU is visible). CUDA_HOME defaults to /usr/local/cuda when it holds nvcc (torch would otherwise
 guess the toolkit's root from `which nvcc`, which fails when that is a wrapper).
-RNN_EXT_DEBUG=1 compiles with -O0 -g.
+RNN_EXT_DEBUG=1 compiles with -O0 -g. RNN_EXT_REQUIRE_CUDA=1 makes a build that would be C++
+only an error (benchmarks/device_check.sh sets it: a GPU run must not test a CPU-only build).
 """
 import glob
 import os
@@ -61,6 +62,9 @@ def _extension():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
         why += "; no GPU visible, so TORCH_CUDA_ARCH_LIST=9.0"
     print(f"rnn_ext build: {'C++ and CUDA' if use_cuda else 'C++ only'} ({why})", file=sys.stderr)
+    if not use_cuda and os.environ.get("RNN_EXT_REQUIRE_CUDA", "0") not in ("", "0"):
+        raise RuntimeError(f"rnn_ext build: RNN_EXT_REQUIRE_CUDA is set, but the CUDA kernels "
+                           f"would not be built ({why})")
     kwargs = dict(
         name="rnn_ext._C",
         include_dirs=[os.path.join(HERE, "csrc")],

@@ -30,8 +30,27 @@ step reported is the forward+backward time over 2 T steps (the backward has the 
 recurrence). Datasheet rates are leads, not measurements. Each row also records the plans
 (rnn_ext.ops.cuda_persistent_plan) of the forward and the backward.
 
+Each row also has the whole operation's floor, op_floor_s = max(2 T barriers, all the flops of
+forward+backward (6 T B I H + 6 T B H^2: input projection, recurrence, and in the backward the
+recurrence, grad_input, grad_weight_ih and grad_weight_hh) / peak, the least bytes
+(3 T B I + 3 T B H elements: x read twice, grad_input written, the output written and read,
+grad_output read) / bandwidth), and median_over_op_floor: the per-step floor above counts only
+the serial recurrence, so per_step_over_floor cannot reach 1 where I is not small against H.
+
+Order and hangs: the cuDNN and cuBLAS rows of every shape and precision run first, the
+persistent kernel's rows last (they are the ones a deadlocked grid barrier could stop). Every
+call runs under a watchdog (a worker thread, joined with a timeout): a call that does not
+finish (a kernel that never returns leaves the process unable to use the device) is recorded as
+the row's error, the JSON and the table are written, and the process exits with status 3 at
+once, instead of waiting for the caller's timeout. For the cuDNN baseline each precision's
+first row records torch.backends.cudnn.is_acceptable(input) and the names of the CUDA kernels
+one profiled call launched (evidence that cuDNN's RNN kernels ran, e.g. for bfloat16); every
+row records the TF32 flags as they were read back while it ran.
+
 Usage: python benchmarks/bench_cuda.py [--json PATH] [--reps N] [--budget SECONDS] [--quick]
+       python benchmarks/bench_cuda.py --table-from PATH    (the table of a JSON written before)
 Writes the results as JSON (a list of rows) and prints a table. Needs a CUDA device.
+Exit status: 0, 2 (no CUDA device or no CUDA kernels), 3 (a call hung; results written).
 """
 
 from __future__ import annotations
@@ -42,6 +61,7 @@ import math
 import os
 import statistics
 import sys
+import threading
 import time
 
 import torch
@@ -69,6 +89,69 @@ def per_step_floor(B, H, precision, barrier_s=BARRIER_S, peak_flops=None, bandwi
     peak = PEAK_FLOPS[precision] if peak_flops is None else peak_flops
     bw = BANDWIDTH if bandwidth is None else bandwidth
     return max(barrier_s, flops / peak, bytes_ / bw)
+
+
+def op_floor(T, B, I, H, precision, barrier_s=BARRIER_S, peak_flops=None, bandwidth=None):
+    """Seconds: the whole forward+backward's floor, max(2 T barriers, (6 T B I H + 6 T B H^2)
+    flops / peak, (3 T B I + 3 T B H) elements / bandwidth); see the module docstring."""
+    elt = 2 if precision == "bf16" else 4
+    flops = 6.0 * T * B * I * H + 6.0 * T * B * H * H
+    bytes_ = (3.0 * T * B * I + 3.0 * T * B * H) * elt
+    peak = PEAK_FLOPS[precision] if peak_flops is None else peak_flops
+    bw = BANDWIDTH if bandwidth is None else bandwidth
+    return max(2 * T * barrier_s, flops / peak, bytes_ / bw)
+
+
+class Hang(RuntimeError):
+    """A call that did not finish within its watchdog's time."""
+
+
+def guarded(fn, timeout_s, what):
+    """fn() and a device synchronisation, in a worker thread joined with ``timeout_s``: its
+    value, or its exception re-raised; Hang if it has not finished by then (the thread is left
+    behind: a kernel that never returns cannot be interrupted)."""
+    box = {}
+
+    def work():
+        try:
+            box["value"] = fn()
+            torch.cuda.synchronize()
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    th = threading.Thread(target=work, daemon=True, name=f"bench_cuda {what}")
+    th.start()
+    th.join(timeout_s)
+    if th.is_alive():
+        raise Hang(f"{what}: did not finish within {timeout_s:.0f} s (a hung kernel?)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def cudnn_evidence(run_cudnn, x):
+    """Whether cuDNN runs nn.RNN for ``x``: torch.backends.cudnn.is_acceptable and the CUDA
+    kernel names (with their launch counts) of one profiled forward+backward."""
+    ev = dict(cudnn_enabled=torch.backends.cudnn.enabled)
+    try:
+        ev["cudnn_is_acceptable"] = bool(torch.backends.cudnn.is_acceptable(x))
+    except Exception as e:
+        ev["cudnn_is_acceptable"] = f"{type(e).__name__}: {e}"[:200]
+    try:
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run_cudnn()
+            torch.cuda.synchronize()
+        counts = {}
+        for e in prof.events():
+            if e.device_type == DeviceType.CUDA:
+                counts[e.name] = counts.get(e.name, 0) + 1
+        ev["kernels"] = sorted(counts.items(), key=lambda kv: -kv[1])[:15]
+    except Exception as e:
+        ev["kernels_error"] = f"{type(e).__name__}: {e}"[:200]
+    return ev
 
 
 def measure_ceilings(n_copy=1 << 28, n_mm=8192):
@@ -140,9 +223,10 @@ def measure_grid_barrier(blocks, smem=0, reps=5, warmup=2):
     return _BARRIER_CACHE[key]
 
 
-def plans_and_barrier(B, H, dtype):
+def plans_and_barrier(B, H, dtype, measure=True):
     """The forward and backward plans for (B, H) and the mean of their measured per-barrier
-    times: (plan_forward, plan_backward, barrier_s or None, error or None)."""
+    times: (plan_forward, plan_backward, barrier_s or None, error or None); without
+    ``measure``, barrier_s is None ("not measured yet")."""
     from rnn_ext.ops import cuda_persistent_plan
 
     try:
@@ -151,77 +235,115 @@ def plans_and_barrier(B, H, dtype):
         return None, None, None, f"{type(e).__name__}: {e}"[:300]
     if None in plans:
         return plans[0], plans[1], None, "no persistent plan fits"
+    if not measure:
+        return plans[0], plans[1], None, "not measured yet"
     try:
-        barrier = statistics.mean(measure_grid_barrier(p["blocks"], p["smem"]) for p in plans)
+        barrier = statistics.mean(
+            guarded(lambda p=p: measure_grid_barrier(p["blocks"], p["smem"]), 60,
+                    f"grid barrier ({p['blocks']} blocks)") for p in plans)
+    except Hang:
+        raise
     except Exception as e:
         return plans[0], plans[1], None, f"{type(e).__name__}: {e}"[:300]
     return plans[0], plans[1], barrier, None
 
 
-def bench_shape(shape, precision, reps, warmup, ceilings=None):
-    import rnn_ext
+class Case:
+    """One shape and precision: nn.RNN on cuDNN and rnn_ext.elman_rnn with the same weights,
+    inputs and output gradients (seeded), and their forward+backward calls."""
 
-    T, B, I, H = shape
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    tf32 = precision == "fp32-tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    dev = "cuda"
-    g = torch.Generator(device=dev).manual_seed(0)
-    rnn = nn.RNN(I, H).to(dev, dtype)
-    x = torch.randn(T, B, I, device=dev, dtype=dtype, generator=g).requires_grad_()
-    h0 = torch.randn(B, H, device=dev, dtype=dtype, generator=g).mul_(0.5).requires_grad_()
-    gy = torch.randn(T, B, H, device=dev, dtype=dtype, generator=g)
-    ghn = torch.randn(B, H, device=dev, dtype=dtype, generator=g)
-    params = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
-    h0_3d = h0.detach().unsqueeze(0).requires_grad_()
+    def __init__(self, shape, precision):
+        import rnn_ext
 
-    def run_cudnn():
-        out, hn = rnn(x, h0_3d)
-        torch.autograd.grad([out, hn], [x, h0_3d, *params], [gy, ghn.unsqueeze(0)])
-        return out
+        T, B, I, H = self.shape = tuple(shape)
+        self.precision = precision
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.tf32 = precision == "fp32-tf32"
+        self.set_flags()
+        dev = "cuda"
+        g = torch.Generator(device=dev).manual_seed(0)
+        torch.manual_seed(0)
+        self.rnn = rnn = nn.RNN(I, H).to(dev, self.dtype)
+        x = torch.randn(T, B, I, device=dev, dtype=self.dtype, generator=g).requires_grad_()
+        h0 = torch.randn(B, H, device=dev, dtype=self.dtype, generator=g).mul_(0.5)
+        h0.requires_grad_()
+        gy = torch.randn(T, B, H, device=dev, dtype=self.dtype, generator=g)
+        ghn = torch.randn(B, H, device=dev, dtype=self.dtype, generator=g)
+        params = [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
+        h0_3d = h0.detach().unsqueeze(0).requires_grad_()
+        self.x = x
 
-    def run_ext():
-        out, hn = rnn_ext.elman_rnn(x, h0, *params)
-        torch.autograd.grad([out, hn], [x, h0, *params], [gy, ghn])
-        return out
+        def run_cudnn():
+            out, hn = rnn(x, h0_3d)
+            torch.autograd.grad([out, hn], [x, h0_3d, *params], [gy, ghn.unsqueeze(0)])
+            return out
 
-    try:
-        with torch.no_grad():
-            ref = rnn(x, h0_3d)[0].float()
-    except RuntimeError:  # cuDNN without this dtype: its row reports the error
-        ref = None
-    rows = []
-    for impl, mode in (("cudnn", None), ("persist", "require"), ("cublas", "off")):
-        if mode is not None:
-            os.environ["RNN_EXT_CUDA_PERSISTENT"] = mode
-        fn = run_cudnn if impl == "cudnn" else run_ext
+        def run_ext():
+            out, hn = rnn_ext.elman_rnn(x, h0, *params)
+            torch.autograd.grad([out, hn], [x, h0, *params], [gy, ghn])
+            return out
+
+        self.run_cudnn, self.run_ext = run_cudnn, run_ext
         try:
-            out = fn()
+            with torch.no_grad():
+                self.ref = guarded(lambda: rnn(x, h0_3d)[0].float(), 60, "cuDNN reference")
+        except Hang:
+            raise
+        except RuntimeError:  # cuDNN without this dtype: its row reports the error
+            self.ref = None
+
+    def set_flags(self):
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32
+
+    def row(self, impl, reps, warmup, call_timeout_s):
+        """Time one implementation: a dict with median_s, min_s, rel_diff_vs_cudnn, or error.
+        Raises Hang (the row is then the caller's to record)."""
+        self.set_flags()
+        if impl != "cudnn":
+            os.environ["RNN_EXT_CUDA_PERSISTENT"] = "require" if impl == "persist" else "off"
+        fn = self.run_cudnn if impl == "cudnn" else self.run_ext
+        flags = dict(tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                     tf32_cudnn=torch.backends.cudnn.allow_tf32)
+        try:
+            out = guarded(fn, call_timeout_s, f"{impl} {self.shape} {self.precision}")
+            ref = self.ref
             err = ((out.float() - ref).norm() / ref.norm()).item() if ref is not None else None
-            med, best = time_it(fn, reps, warmup)
-            rows.append(dict(impl=impl, median_s=med, min_s=best, rel_diff_vs_cudnn=err))
+            med, best = guarded(lambda: time_it(fn, reps, warmup),
+                                call_timeout_s * (reps + warmup),
+                                f"{impl} {self.shape} {self.precision} timing")
+            return dict(impl=impl, median_s=med, min_s=best, rel_diff_vs_cudnn=err, **flags)
+        except Hang:
+            raise
         except Exception as e:  # report and continue: the other rows still mean something
-            rows.append(dict(impl=impl, error=f"{type(e).__name__}: {e}"[:300]))
-    os.environ["RNN_EXT_CUDA_PERSISTENT"] = "auto"
-    plan_fwd, plan_bwd, barrier, barrier_error = plans_and_barrier(B, H, dtype)
-    barrier_s = BARRIER_S if barrier is None else barrier
-    ceilings = ceilings or {}
-    floor = per_step_floor(B, H, precision, barrier_s,
-                           ceilings.get("peak_flops", {}).get(precision),
-                           ceilings.get("bandwidth"))
-    cudnn_t = rows[0].get("median_s")
-    for r in rows:
-        r.update(T=T, B=B, I=I, H=H, precision=precision, tf32=tf32, floor_per_step_s=floor,
+            return dict(impl=impl, error=f"{type(e).__name__}: {e}"[:300], **flags)
+        finally:
+            os.environ["RNN_EXT_CUDA_PERSISTENT"] = "auto"
+
+    def annotate(self, r, ceilings, cudnn_t, measure_barrier=True):
+        """The floors, plans and speed-up of a row (in place). Without measure_barrier the
+        grid barrier is assumed (no cooperative launch) unless an earlier call measured it."""
+        T, B, I, H = self.shape
+        if measure_barrier or not hasattr(self, "_plans"):
+            self._plans = plans_and_barrier(B, H, self.dtype, measure_barrier)
+        plan_fwd, plan_bwd, barrier, barrier_error = self._plans
+        barrier_s = BARRIER_S if barrier is None else barrier
+        ceilings = ceilings or {}
+        peak = ceilings.get("peak_flops", {}).get(self.precision)
+        bw = ceilings.get("bandwidth")
+        floor = per_step_floor(B, H, self.precision, barrier_s, peak, bw)
+        r.update(T=T, B=B, I=I, H=H, precision=self.precision, tf32=self.tf32,
+                 floor_per_step_s=floor,
+                 op_floor_s=op_floor(T, B, I, H, self.precision, barrier_s, peak, bw),
                  barrier_s=barrier_s,
                  barrier_source="assumed" if barrier is None else "measured",
                  barrier_error=barrier_error, plan_forward=plan_fwd, plan_backward=plan_bwd,
-                 target_speedup=TARGETS.get(tuple(shape)))
+                 target_speedup=TARGETS.get(tuple(self.shape)))
         if "median_s" in r:
             r["per_step_s"] = r["median_s"] / (2 * T)
             r["per_step_over_floor"] = r["per_step_s"] / floor
+            r["median_over_op_floor"] = r["median_s"] / r["op_floor_s"]
             r["speedup_vs_cudnn"] = cudnn_t / r["median_s"] if cudnn_t else None
-    return rows
 
 
 def main(argv=None):
@@ -232,7 +354,15 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=150.0,
                    help="seconds; shapes left when it is spent are skipped")
     p.add_argument("--quick", action="store_true", help="the two smaller shapes only")
+    p.add_argument("--call-timeout", type=float, default=60.0,
+                   help="seconds a single forward+backward may take before it counts as hung")
+    p.add_argument("--table-from", metavar="PATH",
+                   help="print the table of a JSON this script wrote, and exit")
     args = p.parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as f:
+            print_table(json.load(f))
+        return 0
     if not torch.cuda.is_available():
         print("bench_cuda: no CUDA device", file=sys.stderr)
         return 2
@@ -253,22 +383,60 @@ def main(argv=None):
     results["ceilings"] = dict(measured=ceilings,
                                datasheet=dict(peak_flops=PEAK_FLOPS, bandwidth=BANDWIDTH))
     print(f"ceilings: {json.dumps(results['ceilings'])}", flush=True)
-    for precision in PRECISIONS:
-        for shape in shapes:
-            if time.time() - t0 > args.budget:
-                results["skipped"].append(dict(shape=shape, precision=precision))
-                continue
-            T = shape[0]
-            reps = max(3, args.reps if T * shape[3] <= 256 * 1000 else args.reps // 2)
-            rows = bench_shape(shape, precision, reps, args.warmup, ceilings)
-            results["rows"].extend(rows)
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=1)
-            for r in rows:
-                print(json.dumps(r), flush=True)
-    results["elapsed_s"] = time.time() - t0
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=1)
+
+    def write():
+        results["elapsed_s"] = time.time() - t0
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+    cases, rows = {}, {}  # (shape, precision) -> Case; -> {impl: row}
+    order = [(tuple(shape), precision) for precision in PRECISIONS for shape in shapes]
+
+    def record(key, row, measure_barrier):
+        rows.setdefault(key, {})[row["impl"]] = row
+        cudnn_t = rows[key].get("cudnn", {}).get("median_s")
+        for r in rows[key].values():
+            cases[key].annotate(r, ceilings, cudnn_t, measure_barrier)
+        results["rows"] = [r for k in order if k in rows
+                           for impl in ("cudnn", "persist", "cublas") if impl in rows[k]
+                           for r in [rows[k][impl]]]
+        write()
+        print(json.dumps(row), flush=True)
+
+    # Phase 1: cuDNN and the cuBLAS loop everywhere; phase 2: the persistent kernel (and the
+    # grid-barrier measurement, a cooperative launch too). See the module docstring.
+    try:
+        for phase, impls in ((1, ("cudnn", "cublas")), (2, ("persist",))):
+            for key in order:
+                shape, precision = key
+                if time.time() - t0 > args.budget:
+                    results["skipped"].append(dict(shape=shape, precision=precision,
+                                                   impls=list(impls)))
+                    continue
+                if key not in cases:
+                    cases[key] = Case(shape, precision)
+                case = cases[key]
+                T, H = shape[0], shape[3]
+                reps = max(3, args.reps if T * H <= 256 * 1000 else args.reps // 2)
+                for impl in impls:
+                    try:
+                        row = case.row(impl, reps, args.warmup, args.call_timeout)
+                    except Hang as e:
+                        record(key, dict(impl=impl, error=f"hang: {e}"), False)
+                        raise
+                    if impl == "cudnn" and precision not in results.setdefault("cudnn_check",
+                                                                               {}):
+                        results["cudnn_check"][precision] = dict(
+                            shape=shape, **cudnn_evidence(case.run_cudnn, case.x))
+                    record(key, row, phase == 2)
+    except Hang as e:
+        results["hang"] = str(e)
+        write()
+        print_table(results)
+        print(f"bench_cuda: {e}; stopping (the device cannot be used after a hung kernel)",
+              file=sys.stderr, flush=True)
+        os._exit(3)
+    write()
     print_table(results)
     return 0
 
@@ -277,8 +445,8 @@ def print_table(results):
     print(f"\n{results['device']}  torch {results['torch']}  CUDA {results['cuda']}  "
           f"cuDNN {results['cudnn']}")
     print(f"{'shape (T,B,I,H)':<22}{'prec':<10}{'impl':<8}{'ms':>9}{'x cuDNN':>9}"
-          f"{'target':>7}{'us/step':>9}{'floor us':>9}{'rel diff':>10}{'barrier us':>11}"
-          f"{'blocks f/b':>11}")
+          f"{'target':>7}{'us/step':>9}{'floor us':>9}{'x opfloor':>10}{'rel diff':>10}"
+          f"{'barrier us':>11}{'blocks f/b':>11}")
     for r in results["rows"]:
         shape = f"{r['T']},{r['B']},{r['I']},{r['H']}"
         if "error" in r:
@@ -288,18 +456,25 @@ def print_table(results):
         print(f"{shape:<22}{r['precision']:<10}{r['impl']:<8}{r['median_s'] * 1e3:>9.3f}"
               f"{(sp if sp else math.nan):>9.2f}{(r['target_speedup'] or math.nan):>7.1f}"
               f"{r['per_step_s'] * 1e6:>9.2f}{r['floor_per_step_s'] * 1e6:>9.2f}"
+              f"{r.get('median_over_op_floor', math.nan):>10.2f}"
               f"{math.nan if r['rel_diff_vs_cudnn'] is None else r['rel_diff_vs_cudnn']:>10.1e}"
               f"{r['barrier_s'] * 1e6:>10.2f}{'' if r['barrier_source'] == 'measured' else '*':1}"
               f"{_blocks(r):>11}")
     for s in results["skipped"]:
         print(f"skipped (time budget): {s}")
+    if results.get("hang"):
+        print(f"STOPPED: {results['hang']}")
+    for precision, ev in (results.get("cudnn_check") or {}).items():
+        names = ", ".join(f"{n[:40]} x{c}" for n, c in (ev.get("kernels") or [])[:4])
+        print(f"cuDNN check {precision}: is_acceptable={ev.get('cudnn_is_acceptable')}; "
+              f"kernels: {names or ev.get('kernels_error', '-')}")
     measured = results.get("ceilings", {}).get("measured") or {}
     peaks = ", ".join(f"{k} {v / 1e12:.0f}" for k, v in measured.get("peak_flops", {}).items())
     bw = measured.get("bandwidth")
     print(f"floor ceilings (measured): mm TFLOP/s {peaks or '-'}; copy "
           f"{'-' if bw is None else f'{bw / 1e12:.2f}'} TB/s (datasheet where '-')")
     print("barrier us: measured at the plans' grids (* = assumed, no measurement); blocks f/b: "
-          "the forward / backward plan's grid")
+          "the forward / backward plan's grid; x opfloor: time over the whole operation's floor")
 
 
 def _blocks(r):

@@ -96,6 +96,26 @@ def _git(*args: str) -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+SOURCE_GLOBS = ("setup.py", "pyproject.toml", "csrc/**/*", "rnn_ext/**/*.py",
+                "benchmarks/*.py", "benchmarks/*.sh", "tests/**/*.py")
+
+
+def source_digest(root: Path = REPO_ROOT) -> str:
+    """sha256 (first 16 hex digits) of the code that a run built and ran: the files matching
+    SOURCE_GLOBS under ``root``, by relative path and content, in sorted order. The device
+    receives a copy of the working tree without .git: this names what it ran, edits included,
+    and ``python benchmarks/common.py --digest`` on a checkout of the commit must print the
+    same value."""
+    import hashlib
+
+    files = sorted({p for g in SOURCE_GLOBS for p in root.glob(g)
+                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".so"})
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def machine_info(device: str) -> Dict[str, Any]:
     """A description of the machine and software a measurement ran on.
 
@@ -120,9 +140,12 @@ def machine_info(device: str) -> Dict[str, Any]:
         # A copy of the tree without .git (the GPU machine's) names its commit in the
         # environment: RNN_EXT_GIT_COMMIT (device_check.sh's caller sets it).
         "git_commit": _git("rev-parse", "--short", "HEAD") or os.environ.get("RNN_EXT_GIT_COMMIT"),
-        # Uncommitted changes to the code (results files and the README they feed excluded).
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                               ":!benchmarks/results", ":!README.md")),
+        # Uncommitted changes to the code (results files and the README they feed excluded);
+        # None without .git (unknown: source_digest tells what ran).
+        "git_dirty": (None if _git("rev-parse", "--git-dir") is None else
+                      bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!benchmarks/results", ":!README.md"))),
+        "source_digest": source_digest(),
     }
     # Allocator settings change CPU timings (page faults of memory malloc returned to the OS):
     # recorded for every run (benchmarks/run_cpu_benchmarks.sh sets the glibc ones).
@@ -431,3 +454,10 @@ def fmt_bytes(n: Optional[float]) -> str:
     if n is None:
         return "-"
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--digest"]:
+        print(source_digest())
+    else:
+        sys.exit("usage: python benchmarks/common.py --digest")

@@ -253,3 +253,115 @@ def test_bench_cuda_floor_and_table(capsys):
     assert any("ERROR RuntimeError: no plan" in line for line in out)
     assert any(line.startswith("skipped (time budget)") for line in out)
     assert "mm TFLOP/s fp32 51, bf16 700; copy 4.20 TB/s" in out[-2]
+
+
+def _mock_cuda_onto_cpu(monkeypatch, bench_cuda):
+    """Run bench_cuda's main flow here: "cuda" tensors and modules made on the CPU, CUDA
+    events by the host clock, tiny shapes. Not a measurement: it checks the script's own logic
+    (phases, watchdog, JSON, table) before the one device run."""
+    import time
+    import types
+
+    import rnn_ext
+
+    for name in ("randn", "zeros", "empty", "ones", "tensor"):
+        f = getattr(torch, name)
+
+        def wrap(*a, _f=f, **k):
+            if str(k.get("device")) == "cuda":
+                k["device"] = "cpu"
+            return _f(*a, **k)
+        monkeypatch.setattr(torch, name, wrap)
+    gen = torch.Generator
+    monkeypatch.setattr(torch, "Generator", lambda device=None: gen())
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self, stream=None):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return (other.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "mock GPU")
+    module_to = torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to",
+                        lambda self, dev, dtype=None: module_to(self, "cpu", dtype))
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 0)
+    monkeypatch.setattr(rnn_ext, "has_cuda_kernels", lambda: True)
+    monkeypatch.setattr(bench_cuda, "machine_info", lambda device: dict(mock=True))
+    monkeypatch.setattr(bench_cuda, "SHAPES", [(6, 3, 5, 7), (4, 2, 3, 33)])
+    ceilings = bench_cuda.measure_ceilings
+    monkeypatch.setattr(bench_cuda, "measure_ceilings",
+                        lambda: ceilings(n_copy=1 << 12, n_mm=32))
+    # No persistent plan on the CPU: the rows record the op's error, as where none fits.
+    monkeypatch.setattr(bench_cuda, "plans_and_barrier",
+                        lambda B, H, dtype, measure=True: (None, None, None, "mock"))
+    return types.SimpleNamespace()
+
+
+def test_bench_cuda_main_with_cuda_mocked_onto_the_cpu(monkeypatch, tmp_path, capsys):
+    import bench_cuda
+
+    _mock_cuda_onto_cpu(monkeypatch, bench_cuda)
+    path = tmp_path / "bench_cuda.json"
+    assert bench_cuda.main(["--json", str(path), "--reps", "2", "--warmup", "1"]) == 0
+    doc = json.loads(path.read_text())
+    keys = [(tuple(s), p) for p in bench_cuda.PRECISIONS for s in bench_cuda.SHAPES]
+    got = [((r["T"], r["B"], r["I"], r["H"]), r["precision"], r["impl"]) for r in doc["rows"]]
+    assert got == [(s, p, impl) for s, p in keys for impl in ("cudnn", "persist", "cublas")]
+    for r in doc["rows"]:
+        assert "error" not in r, r
+        assert r["median_s"] > 0 and r["op_floor_s"] > 0 and r["median_over_op_floor"] > 0
+        assert r["tf32_matmul"] == r["tf32_cudnn"] == (r["precision"] == "fp32-tf32")
+        tol = 2e-2 if r["precision"] == "bf16" else 1e-5
+        assert r["rel_diff_vs_cudnn"] < tol  # the same math as nn.RNN
+    assert set(doc["cudnn_check"]) == set(bench_cuda.PRECISIONS)
+    assert doc["skipped"] == [] and "hang" not in doc
+    out = capsys.readouterr().out
+    assert bench_cuda.main(["--table-from", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert table.strip() and table.strip() in out
+
+
+def test_bench_cuda_stops_at_a_hang_and_keeps_the_rows(monkeypatch, tmp_path, capsys):
+    """A persistent-kernel call that never finishes: recorded, JSON written, exit 3 at once
+    (os._exit: the device is unusable after a hung kernel), every cuDNN / cuBLAS row kept."""
+    import os
+    import time
+
+    import bench_cuda
+
+    _mock_cuda_onto_cpu(monkeypatch, bench_cuda)
+    timed = bench_cuda.time_it
+
+    def time_it(fn, reps, warmup):
+        if os.environ.get("RNN_EXT_CUDA_PERSISTENT") == "require":
+            time.sleep(3)  # the worker thread is abandoned; it ends by itself
+        return timed(fn, reps, warmup)
+
+    def exit_now(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(bench_cuda, "time_it", time_it)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    path = tmp_path / "bench_cuda.json"
+    with pytest.raises(SystemExit) as e:
+        bench_cuda.main(["--json", str(path), "--reps", "1", "--warmup", "1",
+                         "--call-timeout", "0.25"])
+    assert e.value.code == 3
+    doc = json.loads(path.read_text())
+    assert "did not finish within" in doc["hang"]
+    impls = [r["impl"] for r in doc["rows"]]
+    assert impls.count("cudnn") == impls.count("cublas") == 3 * len(bench_cuda.SHAPES)
+    persist = [r for r in doc["rows"] if r["impl"] == "persist"]
+    assert len(persist) == 1 and persist[0]["error"].startswith("hang: ")
+    assert "STOPPED: " in capsys.readouterr().out
