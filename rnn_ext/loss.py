@@ -43,6 +43,16 @@ __all__ = ["seq_nll_loss", "seq_cross_entropy", "SeqNLLLoss", "SeqCrossEntropyLo
 _REDUCTIONS = ("none", "mean", "sum")
 
 
+def _check_ignore_index(ignore_index: int) -> None:
+    """The operators take a 64-bit integer: a bool, a float or a larger int is refused here,
+    with a message (the schema's own error reads "Expected a value of type 'int' ... found
+    type 'int'"); other integer-likes (numpy's, a SymInt) go on to the schema."""
+    if isinstance(ignore_index, (bool, float)) or (
+            isinstance(ignore_index, int) and not -(2 ** 63) <= ignore_index < 2 ** 63):
+        raise ValueError(f"ignore_index must be an integer in the int64 range, got "
+                         f"{ignore_index!r}")
+
+
 def _check_reduction(reduction: str) -> None:
     if reduction not in _REDUCTIONS:
         raise ValueError(
@@ -102,7 +112,8 @@ def seq_nll_loss(
             host; while a CUDA graph is being captured it is a device-side assert instead, as
             in ``F.nll_loss`` on CUDA.
         ValueError: a target whose shape does not match ``(B, T)`` / ``(T, B)`` of
-            ``log_probs`` (the message names both shapes); an unknown ``reduction``.
+            ``log_probs`` (the message names both shapes); an unknown ``reduction``; an
+            ``ignore_index`` that is not an integer in the int64 range.
         RuntimeError: ``log_probs`` not of rank 3 or not floating, a target that is not int64 /
             uint8, a weight not of shape ``(C,)`` or of another dtype, mismatched devices, a
             weight that requires grad.
@@ -112,6 +123,7 @@ def seq_nll_loss(
     ``F.nll_loss`` (exact, slower).
     """
     _check_reduction(reduction)
+    _check_ignore_index(ignore_index)
     return torch.ops.rnn_ext.seq_nll_loss_forward(
         log_probs, target, weight, ignore_index, reduction, target_batch_first
     )[0]
@@ -158,6 +170,7 @@ def seq_cross_entropy(
     backward differentiates a recomputation with ``F.cross_entropy`` (exact, slower).
     """
     _check_reduction(reduction)
+    _check_ignore_index(ignore_index)
     return torch.ops.rnn_ext.seq_cross_entropy_forward(
         logits, target, weight, ignore_index, reduction, target_batch_first
     )[0]

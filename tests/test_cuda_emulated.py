@@ -997,3 +997,25 @@ def test_host_loss_ops(host, reduction):
         with pytest.raises(IndexError) as want:
             getattr(torch.ops.rnn_ext, fwd)(x, target, None, IGNORE, reduction, True)
         assert str(got.value).replace("_cuda", "") == str(want.value).replace("_cpu", "")
+
+
+def test_host_plan_of_huge_shapes_is_none_not_a_wrapped_grid(host):
+    """B = 2^31 with H = 1 made a candidate with bt = 1 whose block count wrapped to a
+    negative int: it passed the grid checks, won on cost, and would be launched with
+    gridDim.x = 2^31 (over CUDA's limit). B * H beyond int64 wrapped to 0 and gave an "ok"
+    plan. Such shapes have no plan now (the cuBLAS path runs), and B or H < 1 neither."""
+    from rnn_ext import ops
+
+    like = torch.empty(0, dtype=torch.float32)
+    for B, H in ((2 ** 31, 1), (2 ** 30, 3), (2 ** 62, 4), (2 ** 61, 8), (1, 2 ** 21)):
+        for backward in (False, True):
+            assert ops._plan_from_vector(host.persistent_plan(like, B, H, backward)) is None, \
+                (B, H, backward)
+    for cand in host.candidate_plans(2 ** 31, 1, 4, H200_SMEM_PER_BLOCK, 4):
+        assert 1 <= cand["nbt"] * cand["njt"] <= 2 ** 20, cand
+    # The largest B * H still planned (2^31 elements): a real plan, a grid of >= 1 block.
+    plan = ops._plan_from_vector(host.persistent_plan(like, 2 ** 21, 2 ** 10, False))
+    assert plan is None or plan["blocks"] >= 1
+    for B, H in ((0, 8), (8, 0), (-1, 8)):
+        with pytest.raises(ValueError, match="B and H must be >= 1"):
+            host.persistent_plan(like, B, H, False)

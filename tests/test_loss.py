@@ -7,6 +7,7 @@ available device (CPU always; CUDA when a GPU and the CUDA kernels are present).
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -608,3 +609,16 @@ def test_double_backward_time_first_target(device, kind):
     (gr,) = torch.autograd.grad(ref.sum(), xr, create_graph=True)
     (ggr,) = torch.autograd.grad((gr * gr).sum(), xr)
     torch.testing.assert_close(gg, ggr)
+
+
+@pytest.mark.parametrize("bad", [2 ** 70, -(2 ** 63) - 1, 1.5, True])
+def test_ignore_index_out_of_int64_or_not_an_int(bad):
+    lp = torch.randn(2, 3, 4).log_softmax(-1)
+    t = torch.zeros(3, 2, dtype=torch.int64)
+    for fn in (rnn_ext.seq_nll_loss, rnn_ext.seq_cross_entropy):
+        with pytest.raises(ValueError, match="ignore_index must be an integer in the int64 range"):
+            fn(lp, t, ignore_index=bad)
+    expected = rnn_ext.seq_nll_loss(lp, t, ignore_index=1)
+    assert torch.equal(rnn_ext.seq_nll_loss(lp, t, ignore_index=np.int64(1)), expected)
+    assert torch.equal(rnn_ext.seq_nll_loss(lp, t, ignore_index=2 ** 63 - 1),
+                       rnn_ext.seq_nll_loss(lp, t, ignore_index=-100))

@@ -151,7 +151,13 @@ Plan make_plan(int64_t B, int64_t H, bool backward) {
     best.why = "the device does not support cooperative launches";
     return best;
   }
-  if (B * H > (int64_t(1) << 31) || H > (int64_t(1) << 20)) {
+  // (Division, not B * H: the product of the diagnostic op's arbitrary int64 arguments
+  // can wrap.)
+  if (B < 1 || H < 1) {
+    best.why = "B and H must be >= 1";
+    return best;
+  }
+  if (H > (int64_t(1) << 20) || B > (int64_t(1) << 31) / H) {
     best.why = "B * H is too large";
     return best;
   }

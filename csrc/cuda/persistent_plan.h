@@ -91,8 +91,16 @@ inline std::vector<Plan> candidate_plans(int64_t B, int64_t H, size_t acc_size,
               continue;  // the same plan as the padded one
             }
           }
-          p.nbt = static_cast<int>((B + p.bt - 1) / p.bt);
-          p.njt = static_cast<int>((H + p.jt - 1) / p.jt);
+          // The grid in int64 first: B = 2^31 with bt = 1 wrapped to a negative int grid
+          // that passed every later check (and won on cost). No plan has over 2^20 blocks
+          // (make_plan keeps grids <= 4 x SMs).
+          const int64_t nbt = (B + p.bt - 1) / p.bt, njt = (H + p.jt - 1) / p.jt;
+          if (nbt > (int64_t(1) << 20) || njt > (int64_t(1) << 20) ||
+              nbt * njt > (int64_t(1) << 20)) {
+            continue;
+          }
+          p.nbt = static_cast<int>(nbt);
+          p.njt = static_cast<int>(njt);
           p.smem = (static_cast<size_t>(H) * p.ldj + static_cast<size_t>(p.bt) * p.ldk) *
                    acc_size;
           if (p.smem > smem_max) continue;
