@@ -38,14 +38,16 @@ grad_output read) / bandwidth), and median_over_op_floor: the per-step floor abo
 the serial recurrence, so per_step_over_floor cannot reach 1 where I is not small against H.
 
 Order and hangs: the cuDNN and cuBLAS rows of every shape and precision run first, the
-persistent kernel's rows last (they are the ones a deadlocked grid barrier could stop). Every
-call runs under a watchdog (a worker thread, joined with a timeout): a call that does not
-finish (a kernel that never returns leaves the process unable to use the device) is recorded as
-the row's error, the JSON and the table are written, and the process exits with status 3 at
-once, instead of waiting for the caller's timeout. For the cuDNN baseline each precision's
-first row records torch.backends.cudnn.is_acceptable(input) and the names of the CUDA kernels
-one profiled call launched (evidence that cuDNN's RNN kernels ran, e.g. for bfloat16); every
-row records the TF32 flags as they were read back while it ran.
+persistent kernel's rows last (they are the ones a deadlocked grid barrier could stop); the
+cuDNN and cuBLAS rows may use half the --budget. Every timed call (warm-up and repetitions) and
+the grid-barrier measurement run under a watchdog (a worker thread, joined with --call-timeout;
+the ceilings' torch.mm / copy and the profiled cuDNN call do not): a call that does not finish
+(a kernel that never returns leaves the process unable to use the device) is recorded as the
+row's error, the JSON and the table are written, and the process exits with status 3 at once,
+instead of waiting for the caller's timeout. For the cuDNN baseline each precision's first row
+records torch.backends.cudnn.is_acceptable(input) and the names of the CUDA kernels one
+profiled call launched (evidence that cuDNN's RNN kernels ran, e.g. for bfloat16); every row
+records the TF32 flags as they were read back while it ran.
 
 Usage: python benchmarks/bench_cuda.py [--json PATH] [--reps N] [--budget SECONDS] [--quick]
        python benchmarks/bench_cuda.py --table-from PATH    (the table of a JSON written before)
@@ -183,19 +185,27 @@ def measure_ceilings(n_copy=1 << 28, n_mm=8192):
     return out
 
 
-def time_it(fn, reps, warmup):
+def time_it(fn, reps, warmup, guard=None):
+    """(median, min) seconds of fn over ``reps`` calls after ``warmup``, CUDA events around each
+    call. guard = (timeout_s, what): each call (and its events) runs under :func:`guarded`, so
+    a hang anywhere in the loop is caught within timeout_s."""
+    def call(f):
+        return f() if guard is None else guarded(f, guard[0], guard[1])
+
     for _ in range(warmup):
-        fn()
+        call(fn)
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3)
+        def once():
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) * 1e-3
+        times.append(call(once))
     return statistics.median(times), min(times)
 
 
@@ -285,8 +295,11 @@ class Case:
 
         self.run_cudnn, self.run_ext = run_cudnn, run_ext
         try:
-            with torch.no_grad():
-                self.ref = guarded(lambda: rnn(x, h0_3d)[0].float(), 60, "cuDNN reference")
+            def reference():
+                with torch.no_grad():  # (grad mode is per thread: set in the worker's)
+                    return rnn(x, h0_3d)[0].float()
+
+            self.ref = guarded(reference, 60, "cuDNN reference")
         except Hang:
             raise
         except RuntimeError:  # cuDNN without this dtype: its row reports the error
@@ -309,9 +322,8 @@ class Case:
             out = guarded(fn, call_timeout_s, f"{impl} {self.shape} {self.precision}")
             ref = self.ref
             err = ((out.float() - ref).norm() / ref.norm()).item() if ref is not None else None
-            med, best = guarded(lambda: time_it(fn, reps, warmup),
-                                call_timeout_s * (reps + warmup),
-                                f"{impl} {self.shape} {self.precision} timing")
+            med, best = time_it(fn, reps, warmup, guard=(
+                call_timeout_s, f"{impl} {self.shape} {self.precision} timing"))
             return dict(impl=impl, median_s=med, min_s=best, rel_diff_vs_cudnn=err, **flags)
         except Hang:
             raise
@@ -384,10 +396,11 @@ def main(argv=None):
                                datasheet=dict(peak_flops=PEAK_FLOPS, bandwidth=BANDWIDTH))
     print(f"ceilings: {json.dumps(results['ceilings'])}", flush=True)
 
-    def write():
+    def write():  # to a temporary file, then renamed: a copy taken meanwhile is never torn
         results["elapsed_s"] = time.time() - t0
-        with open(args.json, "w") as f:
+        with open(args.json + ".tmp", "w") as f:
             json.dump(results, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
 
     cases, rows = {}, {}  # (shape, precision) -> Case; -> {impl: row}
     order = [(tuple(shape), precision) for precision in PRECISIONS for shape in shapes]
@@ -409,7 +422,8 @@ def main(argv=None):
         for phase, impls in ((1, ("cudnn", "cublas")), (2, ("persist",))):
             for key in order:
                 shape, precision = key
-                if time.time() - t0 > args.budget:
+                # Phase 1 may use half the budget: the persistent rows are the point.
+                if time.time() - t0 > (args.budget / 2 if phase == 1 else args.budget):
                     results["skipped"].append(dict(shape=shape, precision=precision,
                                                    impls=list(impls)))
                     continue
@@ -435,6 +449,7 @@ def main(argv=None):
         print_table(results)
         print(f"bench_cuda: {e}; stopping (the device cannot be used after a hung kernel)",
               file=sys.stderr, flush=True)
+        sys.stdout.flush()
         os._exit(3)
     write()
     print_table(results)

@@ -65,8 +65,15 @@ budget() {
 
 pack_now() {
   cp -f "$W/summary.txt" "$W/test_cuda.log" "$W/bench_cuda.json" "$OUT/" 2>/dev/null
-  tar -czf "$OUT/device_check.tar.gz.part" -C "$(dirname "$W")" device_check 2>/dev/null \
-    && mv -f "$OUT/device_check.tar.gz.part" "$OUT/device_check.tar.gz"
+  # A log that grows while tar reads it makes GNU tar exit 1 ("file changed as we read it"):
+  # the archive is still good. Only an exit above 1 keeps the previous tarball.
+  tar --warning=no-file-changed -czf "$OUT/device_check.tar.gz.part" -C "$(dirname "$W")" \
+    --exclude=pack.lock device_check 2>/dev/null
+  if (( $? <= 1 )); then
+    mv -f "$OUT/device_check.tar.gz.part" "$OUT/device_check.tar.gz"
+  else
+    rm -f "$OUT/device_check.tar.gz.part"
+  fi
 }
 LOCK="$(dirname "$W")/pack.lock"
 pack() {  # everything so far -> $OUT (cheap; after every stage, and every 30 s meanwhile)
@@ -83,7 +90,9 @@ summary() {
     cat "$W/stages.txt"
     echo "-- env:"; grep -E "^(commit|torch|gpu|compute-sanitizer|Cuda compilation|Python.h|source digest)" "$W/env.log" | head -n 8
     echo "-- build:"; grep -E "rnn_ext build|cuda kernels:|error" "$W/build.log" | head -n 8
-    if [ -n "${RC[import]:-}" ] && [ "${RC[import]}" != 0 ]; then tail -n 40 "$W/build.log"; fi
+    if [ -n "${RC[import]:-}" ] && { [ "${RC[import]}" != 0 ] || [ "${RC[build]}" != 0 ]; }; then
+      tail -n 40 "$W/build.log"
+    fi
     echo "-- test_cuda:"; tail -n 2 "$W/test_cuda.log"
     grep -E "^(FAILED|ERROR)|TIMED OUT|Timeout" "$W/test_cuda.log" | head -n 20
     echo "-- sanitize:"
@@ -130,11 +139,24 @@ stage() {
 echo "env: at $(elapsed)s" > "$W/stages.txt"
 # Pack every 30 s too (where flock serialises the packs): a kill from outside (the caller's
 # own timeout) keeps the running stage's log so far.
+# Its output goes to /dev/null, so that a caller reading this script's output to the end does
+# not wait for the packer's last `sleep` after the script exits.
+PACKER=
 if command -v flock > /dev/null; then
-  ( while sleep 30; do pack; done ) &
+  ( exec > /dev/null 2>&1; while :; do sleep 30 & wait $!; pack; done ) &
   PACKER=$!
   trap 'kill "$PACKER" 2>/dev/null' EXIT
 fi
+# The last pack: the packer stopped first, and a pack of its in progress waited for (the lock).
+final_pack() {
+  if [ -n "$PACKER" ]; then
+    kill "$PACKER" 2>/dev/null
+    wait "$PACKER" 2>/dev/null
+    flock "$LOCK" true
+  fi
+  summary
+  pack
+}
 
 # 2. Build and install (reserve: the test stage at least).
 cd "$REPO"
@@ -145,12 +167,13 @@ cd /tmp
 (cd /tmp && timeout 60 "$PY" -c "import rnn_ext, sys; print(rnn_ext.__file__, 'cuda kernels:', rnn_ext.has_cuda_kernels()); sys.exit(0 if rnn_ext.has_cuda_kernels() else 1)") >> "$W/build.log" 2>&1
 RC[import]=$?
 echo "import: rc=${RC[import]}" >> "$W/stages.txt"
-if (( RC[import] != 0 )); then
-  # No CUDA kernels (or no package): the GPU stages would skip or fail vacuously.
-  echo "GPU stages skipped: rnn_ext with its CUDA kernels could not be imported (build.log)" \
-    | tee -a "$W/stages.txt"
-  summary
-  pack
+if [ "${RC[build]}" != 0 ] || [ "${RC[import]}" != 0 ]; then
+  # A failed build (an older install could still import) or no CUDA kernels: the GPU stages
+  # would test other code, or skip or fail vacuously. (RC values may be "skipped": compared as
+  # strings, never in (( )), where set -u would stop the script.)
+  echo "GPU stages skipped: the build failed or rnn_ext with its CUDA kernels could not be" \
+    "imported (build.log)" | tee -a "$W/stages.txt"
+  final_pack
   cat "$W/summary.txt"
   exit 1
 fi
@@ -169,8 +192,8 @@ stage test_cuda "$(budget 170 150)" "$PY" -m pytest "$REPO/tests" -m cuda -v -ra
 lim=$(budget 130 60)
 stage bench "$lim" "$PY" "$REPO/benchmarks/bench_cuda.py" --json "$W/bench_cuda.json" \
   --budget "$(( lim > 50 ? lim - 30 : 20 ))" --call-timeout 30
-(( RC[bench] == 3 )) && echo "bench: a call hung (bench_cuda.json 'hang'); rows before it kept" \
-  | tee -a "$W/stages.txt"
+[ "${RC[bench]}" = 3 ] && echo "bench: a call hung (bench_cuda.json 'hang'); rows before it" \
+  "kept" | tee -a "$W/stages.txt"
 # The table from the JSON (also when the bench was cut short or stopped at a hang).
 [ -s "$W/bench_cuda.json" ] && timeout 60 "$PY" "$REPO/benchmarks/bench_cuda.py" \
   --table-from "$W/bench_cuda.json" > "$W/bench_table.txt" 2>&1
@@ -215,8 +238,7 @@ if [ "$SUITE" != off ]; then
     bash "$REPO/benchmarks/run_gpu_benchmarks.sh" "$SUITE" "$W/suite"
 fi
 
-summary
-pack
+final_pack
 cat "$W/summary.txt"
 for k in "${STAGES[@]}" import; do
   [ "$k" = suite ] && continue  # partial benchmark results are still results

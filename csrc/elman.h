@@ -78,8 +78,8 @@ class ElmanGradAccumulator {
   // input (T, B, I); H the hidden size; grad_input is allocated here when wanted. lengths:
   // undefined or int64 (B,) on input's device. With lengths, the padded steps' rows of x and
   // of h_prev are read as 0 in the weight GEMMs: their ga is 0, but 0 * NaN (garbage padding,
-  // an inf state) is NaN, and nn.RNN on a PackedSequence never reads those rows. (The CPU
-  // kernel passes lengths only when some sequence is padded: the mask costs a copy of x.)
+  // an inf state) is NaN, and nn.RNN on a PackedSequence never reads those rows. (The kernels
+  // pass lengths only when some sequence may be padded: the masks cost copies of x and h.)
   ElmanGradAccumulator(const at::Tensor& input, int64_t H, bool want_grad_input,
                        const at::Tensor& lengths = at::Tensor());
   // ga_chunk: contiguous (n, B, H), the steps [a, a + n); output (T, B, H) is the forward's.
@@ -101,7 +101,8 @@ class ElmanGradAccumulator {
 };
 
 // The same for a whole ga (T, B, H) at once (one chunk); lengths is undefined or int64 (B,) on
-// ga's device (it locates g0 when reversed).
+// ga's device (it locates g0 when reversed). mask_padded: the caller cannot rule out a padded
+// step (false when it knows every length is T: the masks' copies are then skipped).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_sequence_grads(
     const at::Tensor& ga,
     const at::Tensor& output,
@@ -113,7 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_sequence_grads(
     bool reverse,
     std::array<bool, 2> output_mask,
     at::Tensor grad_h_0_buffer,
-    bool h_0_is_zero = false);
+    bool h_0_is_zero = false,
+    bool mask_padded = true);
 
 // Raises ValueError unless every value of lengths (int64, (B,), any device: a CUDA tensor is
 // read back, a synchronisation) is in [1, T]; the message names the first bad index and value.

@@ -107,9 +107,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_sequence_grads(
     const at::Tensor& ga, const at::Tensor& output, const at::Tensor& input,
     const at::Tensor& h_0, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
     const at::Tensor& lengths, bool reverse, std::array<bool, 2> output_mask,
-    at::Tensor grad_h_0_buffer, bool h_0_is_zero) {
+    at::Tensor grad_h_0_buffer, bool h_0_is_zero, bool mask_padded) {
   const int64_t T = ga.size(0), B = ga.size(1);
-  ElmanGradAccumulator acc(input, ga.size(2), output_mask[0], lengths);
+  ElmanGradAccumulator acc(input, ga.size(2), output_mask[0],
+                           mask_padded ? lengths : at::Tensor());
   acc.add_chunk(ga, 0, output, input, weight_ih, reverse);
   // ga of each sequence's first step (g0) multiplies h_0 and gives grad_h_0.
   at::Tensor g0;

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,13 +45,14 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 
 def _check_ignore_index(ignore_index: int) -> None:
-    """The operators take a 64-bit integer: a bool, a float or a larger int is refused here,
-    with a message (the schema's own error reads "Expected a value of type 'int' ... found
-    type 'int'"); other integer-likes (numpy's, a SymInt) go on to the schema."""
-    if isinstance(ignore_index, (bool, float)) or (
-            isinstance(ignore_index, int) and not -(2 ** 63) <= ignore_index < 2 ** 63):
-        raise ValueError(f"ignore_index must be an integer in the int64 range, got "
-                         f"{ignore_index!r}")
+    """The operators take a 64-bit integer. As ``F.nll_loss``: a bool or a float is a TypeError,
+    an int outside int64 a ValueError, here with messages that name the argument (the schema's
+    own error read "Expected a value of type 'int' ... found type 'int'"); other integer-likes
+    (numpy's, a SymInt) go on to the schema."""
+    if isinstance(ignore_index, (bool, float, np.bool_, np.floating)):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    if isinstance(ignore_index, int) and not -(2 ** 63) <= ignore_index < 2 ** 63:
+        raise ValueError(f"ignore_index must be in the int64 range, got {ignore_index!r}")
 
 
 def _check_reduction(reduction: str) -> None:
@@ -113,7 +115,8 @@ def seq_nll_loss(
             in ``F.nll_loss`` on CUDA.
         ValueError: a target whose shape does not match ``(B, T)`` / ``(T, B)`` of
             ``log_probs`` (the message names both shapes); an unknown ``reduction``; an
-            ``ignore_index`` that is not an integer in the int64 range.
+            ``ignore_index`` outside the int64 range.
+        TypeError: an ``ignore_index`` that is a bool or a float.
         RuntimeError: ``log_probs`` not of rank 3 or not floating, a target that is not int64 /
             uint8, a weight not of shape ``(C,)`` or of another dtype, mismatched devices, a
             weight that requires grad.

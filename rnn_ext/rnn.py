@@ -43,9 +43,10 @@ def _retype(module: nn.Module, new_cls: Type[_M]) -> _M:
     parameters, buffers, submodules, hooks and attributes (training mode, sizes, ...).
 
     The parameter/buffer/module dicts and weight-name lists are shallow copies, so the two
-    modules are independent objects holding the same tensors. The hook dicts are shared (the
-    same objects): a handle returned by ``register_*_hook`` before the conversion keeps
-    working (``handle.remove()`` removes the hook from the new module, and from the old one)."""
+    modules hold the same tensors in their own containers. The hook dicts are shared (the same
+    objects), both ways: a handle returned by ``register_*_hook`` before the conversion keeps
+    working (``handle.remove()`` removes the hook from both modules), and a hook registered
+    on either module afterwards is registered on both (the old module is normally dropped)."""
     cls = type(module)
     if parametrize.is_parametrized(module) and cls.__name__.startswith("Parametrized"):
         # register_parametrization swapped the class for a generated subclass holding one
@@ -292,12 +293,16 @@ class RNN(nn.RNNBase):
 
         lengths = None
         if is_packed and max_batch_size == 0:
-            # No sequences (batch_sizes all 0): nn.RNN returns empty data and hx unchanged.
+            # No sequences (batch_sizes all 0): nn.RNN returns empty data and hx's values, both
+            # part of the autograd graph of the input and weights (zero gradients), so that a
+            # backward through them works as there. The empty slices' sums are exact zeros.
             out_size = num_directions * (self.proj_size or self.hidden_size)
+            anchor = sum(t.reshape(-1)[:0].sum() for t in (x, *self._flat_weights)
+                         if t is not None).to(x.dtype)
             return (
-                PackedSequence(x.new_zeros((0, out_size)), batch_sizes, sorted_indices,
-                               unsorted_indices),
-                self.permute_hidden(hx, unsorted_indices),
+                PackedSequence(x.new_zeros((0, out_size)) + anchor, batch_sizes,
+                               sorted_indices, unsorted_indices),
+                self.permute_hidden(hx + anchor, unsorted_indices),
             )
         if is_packed:
             # Packed (sorted) data -> padded (T, B, I) and per-sequence lengths.

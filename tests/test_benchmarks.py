@@ -343,10 +343,15 @@ def test_bench_cuda_stops_at_a_hang_and_keeps_the_rows(monkeypatch, tmp_path, ca
     _mock_cuda_onto_cpu(monkeypatch, bench_cuda)
     timed = bench_cuda.time_it
 
-    def time_it(fn, reps, warmup):
+    def time_it(fn, reps, warmup, guard=None):
         if os.environ.get("RNN_EXT_CUDA_PERSISTENT") == "require":
-            time.sleep(3)  # the worker thread is abandoned; it ends by itself
-        return timed(fn, reps, warmup)
+            # A call that hangs (the worker thread is abandoned; it ends by itself).
+            slow = fn
+
+            def fn():
+                time.sleep(3)
+                return slow()
+        return timed(fn, reps, warmup, guard)
 
     def exit_now(code):
         raise SystemExit(code)

@@ -184,6 +184,27 @@ def test_nan_input_propagates_as_nn_rnn(mode, nonlinearity):
 
 
 @pytest.mark.parametrize("mode", MODES, indirect=True)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths_on", ["cpu", "cuda"])
+def test_nan_padding_is_never_read(mode, reverse, lengths_on):
+    """NaN in the padded steps' input: every gradient finite and equal to the CPU op's (itself
+    checked against nn.RNN on a PackedSequence in test_elman_ops.py)."""
+    T, B, I, H = 5, 3, 4, 37
+    args = list(make_args(T, B, I, H, torch.float64, seed=12))
+    lengths = torch.tensor([5, 2, 3])
+    for b, n in enumerate(lengths.tolist()):
+        args[0][n:, b] = float("nan")
+    gy, ghn = grads_like(T, B, H, torch.float64)
+    out, hn, grads = run_seq(args, "cuda", reverse=reverse, lengths=lengths.to(lengths_on),
+                             gy=gy, ghn=ghn)
+    r_out, r_hn, r_grads = run_seq(args, "cpu", reverse=reverse, lengths=lengths, gy=gy,
+                                   ghn=ghn)
+    for got, ref in zip([out, hn, *grads], [r_out, r_hn, *r_grads]):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.cpu(), ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
 def test_long_sequence_float32(mode):
     """Many steps and a multi-block grid: any missing barrier or stale read shows here."""
     T, B, I, H = 200, 9, 16, 130

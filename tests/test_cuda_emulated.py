@@ -1011,11 +1011,45 @@ def test_host_plan_of_huge_shapes_is_none_not_a_wrapped_grid(host):
         for backward in (False, True):
             assert ops._plan_from_vector(host.persistent_plan(like, B, H, backward)) is None, \
                 (B, H, backward)
-    for cand in host.candidate_plans(2 ** 31, 1, 4, H200_SMEM_PER_BLOCK, 4):
-        assert 1 <= cand["nbt"] * cand["njt"] <= 2 ** 20, cand
-    # The largest B * H still planned (2^31 elements): a real plan, a grid of >= 1 block.
-    plan = ops._plan_from_vector(host.persistent_plan(like, 2 ** 21, 2 ** 10, False))
-    assert plan is None or plan["blocks"] >= 1
+    # Candidates: every grid in [1, 2^20] blocks; at B = 2^31 none is left (bt = 1 wrapped).
+    assert host.candidate_plans(2 ** 31, 1, 4, H200_SMEM_PER_BLOCK, 4) == []
+    cands = host.candidate_plans(2 ** 20, 1, 4, H200_SMEM_PER_BLOCK, 4)
+    assert cands and all(1 <= c["nbt"] * c["njt"] <= 2 ** 20 for c in cands)
     for B, H in ((0, 8), (8, 0), (-1, 8)):
         with pytest.raises(ValueError, match="B and H must be >= 1"):
             host.persistent_plan(like, B, H, False)
+
+
+@pytest.mark.parametrize("mode", ["off", "require"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_host_nan_padding_never_read(host, monkeypatch, mode, reverse):
+    """Both CUDA paths' backward with NaN in the padded steps' input: every gradient finite and
+    equal to the CPU operator's (the whole-sequence weight GEMMs read the padded rows as 0).
+    With every length T (no padded step) the gradients are bit for bit those without lengths
+    (the host code then skips the masks)."""
+    monkeypatch.setenv("RNN_EXT_CUDA_PERSISTENT", mode)
+    g = torch.Generator().manual_seed(0)
+    T, B, I, H = 5, 3, 4, 37
+    lengths = torch.tensor([5, 2, 3])
+    x = torch.randn(T, B, I, generator=g)
+    for b, n in enumerate(lengths.tolist()):
+        x[n:, b] = float("nan")
+    h0 = torch.randn(B, H, generator=g)
+    w_ih, w_hh = torch.randn(H, I, generator=g) / 3, torch.randn(H, H, generator=g) / 7
+    b_ih, b_hh = torch.randn(H, generator=g), torch.randn(H, generator=g)
+    out, hn = host.elman_forward(x, h0, w_ih, w_hh, b_ih, b_hh, "tanh", reverse, lengths)
+    assert torch.isfinite(out).all() and torch.isfinite(hn).all()
+    gy, ghn = torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g)
+    args = (gy, ghn, x, h0, w_ih, w_hh, out, "tanh", reverse)
+    got = host.elman_backward(*args, lengths, [True, True])
+    ref = torch.ops.rnn_ext.elman_backward(*args, lengths, [True, True])
+    for i, (a, r) in enumerate(zip(got, ref)):
+        assert torch.isfinite(a).all(), i
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4, msg=lambda m, i=i: f"{i}: {m}")
+
+    x_full = torch.randn(T, B, I, generator=g)
+    out, _ = host.elman_forward(x_full, h0, w_ih, w_hh, b_ih, b_hh, "tanh", reverse, None)
+    args = (gy, ghn, x_full, h0, w_ih, w_hh, out, "tanh", reverse)
+    full = host.elman_backward(*args, torch.full((B,), T), [True, True])
+    none = host.elman_backward(*args, None, [True, True])
+    assert all(torch.equal(a, b) for a, b in zip(full, none))

@@ -611,12 +611,22 @@ def test_double_backward_time_first_target(device, kind):
     torch.testing.assert_close(gg, ggr)
 
 
-@pytest.mark.parametrize("bad", [2 ** 70, -(2 ** 63) - 1, 1.5, True])
-def test_ignore_index_out_of_int64_or_not_an_int(bad):
+@pytest.mark.parametrize("bad, error, match", [
+    (2 ** 70, ValueError, "in the int64 range, got 1180591620717411303424"),
+    (-(2 ** 63) - 1, ValueError, "in the int64 range"),
+    (1.5, TypeError, "an integer, got 1.5"),
+    (True, TypeError, "an integer, got True"),
+    (np.bool_(True), TypeError, "an integer"),
+])
+def test_ignore_index_out_of_int64_or_not_an_int(bad, error, match):
+    """The error types of F.nll_loss (TypeError for a float or bool, ValueError on overflow),
+    with messages that name ignore_index."""
     lp = torch.randn(2, 3, 4).log_softmax(-1)
     t = torch.zeros(3, 2, dtype=torch.int64)
+    with pytest.raises(error):
+        F.nll_loss(lp.reshape(6, 4), t.reshape(-1), ignore_index=bad)
     for fn in (rnn_ext.seq_nll_loss, rnn_ext.seq_cross_entropy):
-        with pytest.raises(ValueError, match="ignore_index must be an integer in the int64 range"):
+        with pytest.raises(error, match=f"ignore_index must be {match}"):
             fn(lp, t, ignore_index=bad)
     expected = rnn_ext.seq_nll_loss(lp, t, ignore_index=1)
     assert torch.equal(rnn_ext.seq_nll_loss(lp, t, ignore_index=np.int64(1)), expected)

@@ -869,6 +869,11 @@ def test_packed_sequence_of_no_sequences_matches_nn_rnn(batch_sizes, with_hx):
     (o_ref, h_ref), (o, h) = ref(ps, hx), ours(ps, hx)
     assert o.data.shape == o_ref.data.shape == (0, 8) and h.shape == h_ref.shape == (4, 0, 4)
     assert torch.equal(o.batch_sizes, o_ref.batch_sizes) and o.data.dtype == o_ref.data.dtype
+    assert o.data.requires_grad == o_ref.data.requires_grad
+    assert h.requires_grad == h_ref.requires_grad
+    for m, (out, h_n) in ((ref, (o_ref, h_ref)), (ours, (o, h))):  # backward works in both
+        grads = torch.autograd.grad(out.data.sum() + h_n.sum(), list(m.parameters()))
+        assert all(not g.any() for g in grads)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "cell"])

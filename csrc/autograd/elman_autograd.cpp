@@ -4,7 +4,7 @@
 // forward and as much per backward).
 //
 // forward   redispatches below autograd to the backend kernel (or the fake kernel under
-//           torch.compile / opcheck) and saves the inputs but the biases, and the output (the
+//           torch.compile / opcheck) and saves the inputs except the biases, and the output (the
 //           only activations the fused backward needs); see keep_bias. An unused output's gradient arrives undefined (grads
 //           are not materialized): the backward hands the kernels a broadcast zero in its place,
 //           which the CPU kernel reads without allocating it.
@@ -66,8 +66,9 @@ at::Tensor broadcast_zero(const at::Tensor& like) {
   return at::zeros({}, like.options()).expand(like.sizes());
 }
 
-// The biases are not saved for backward: the fused backward does not read them (nn.RNN saves
-// them neither, so an in-place update of a bias between forward and backward is allowed).
+// The biases are not saved for backward: the fused backward does not read them (nn.RNN's CPU
+// path does not save them either, so an in-place update of a bias between forward and
+// backward is allowed there; cuDNN's saves the whole weight list).
 // Only double backward, which recomputes the forward, needs them: it keeps a reference and
 // the version the forward saw, and refuses a bias changed in place since (the recomputation
 // would not be the forward that ran).

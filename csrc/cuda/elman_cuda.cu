@@ -280,19 +280,32 @@ bool launch_persistent(const char* op, const Plan& p, PersistentArgs args, bool 
 //     assert (at::_assert_async: a bad length stops the replay);
 //   - lengths on the CPU: copied to `device`; refused during capture, where a copy from
 //     pageable host memory cannot be captured.
+// padded (when given) is set to whether some length is below T, read from the values already
+// on the host; true (unknown) during capture.
 // Call under the device guard.
 at::Tensor lengths_on_device(const char* op, const std::optional<at::Tensor>& lengths,
-                             const at::Device& device, int64_t T) {
+                             const at::Device& device, int64_t T, bool* padded = nullptr) {
+  if (padded != nullptr) {
+    *padded = false;
+  }
   if (!lengths.has_value() || !lengths->defined()) {
     return at::Tensor();
   }
   const at::Tensor& l = *lengths;
   const bool capturing =
       c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+  const auto some_below_T = [T](const at::Tensor& on_cpu) {
+    const at::Tensor c = on_cpu.contiguous();
+    const int64_t* p = c.const_data_ptr<int64_t>();
+    return std::any_of(p, p + c.numel(), [T](int64_t v) { return v < T; });
+  };
   if (l.device() != device) {
     TORCH_CHECK(!capturing, op, ": lengths is on ", l.device(), ", but the current CUDA "
                 "stream is being captured into a CUDA graph, where it cannot be copied to the "
                 "device; pass lengths on input's device ", device);
+    if (padded != nullptr) {
+      *padded = some_below_T(l);  // (on the CPU: the checks allow no other device)
+    }
     return l.to(device, at::kLong).contiguous();
   }
   if (capturing) {
@@ -300,8 +313,15 @@ at::Tensor lengths_on_device(const char* op, const std::optional<at::Tensor>& le
     at::_assert_async(l.ge(1).logical_and(l.le(T)).all(),
                       "rnn_ext::elman: a length is outside [1, T] (checked on the device during "
                       "CUDA-graph capture)");
+    if (padded != nullptr) {
+      *padded = true;
+    }
   } else {
-    check_length_values(op, l, T);
+    const at::Tensor on_cpu = lengths_on_cpu(l);  // the one read-back, used twice
+    check_length_values(op, on_cpu, T);
+    if (padded != nullptr) {
+      *padded = some_below_T(on_cpu);
+    }
   }
   return l.contiguous();
 }
@@ -377,7 +397,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
     const at::Tensor& input_, const at::Tensor& h_0_, const at::Tensor& weight_ih,
     const at::Tensor& weight_hh, const at::Tensor& output_, Activation act, bool reverse,
     const at::Tensor& len_dev, const ElmanSizes& s, bool allow_persistent,
-    std::array<bool, 2> output_mask) {
+    std::array<bool, 2> output_mask, bool padded) {
   // Plain variables, not a structured binding: lambdas below capture them (C++17).
   const int64_t T = s.T, B = s.B, H = s.H;
   const at::Tensor gy = grad_output_.contiguous();
@@ -433,7 +453,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
 
   auto [grad_input, grad_h_0, grad_weight_ih, grad_weight_hh] =
       elman_sequence_grads(ga, out, input, h_0, weight_ih, weight_hh, len_dev, reverse,
-                           output_mask, at::Tensor());
+                           output_mask, at::Tensor(), /*h_0_is_zero=*/false,
+                           /*mask_padded=*/padded);
   at::Tensor grad_bias = ga.view({T * B, H}).sum(0);
   return {grad_input, grad_h_0, grad_weight_ih, grad_weight_hh, grad_bias};
 }
@@ -466,10 +487,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
                                                 std::nullopt, std::nullopt, lengths);
   const c10::cuda::CUDAGuard guard(input.device());
   // Before the gradients' checks, so that a bad length is reported first, as on the CPU.
-  const at::Tensor len_dev = lengths_on_device(op, lengths, input.device(), s.T);
+  bool padded = false;
+  const at::Tensor len_dev = lengths_on_device(op, lengths, input.device(), s.T, &padded);
   check_elman_backward_args(op, s, input, grad_output, grad_h_n, output);
   return elman_backward_impl(op, grad_output, grad_h_n, input, h_0, weight_ih, weight_hh, output,
-                             act, reverse, len_dev, s, true, output_mask);
+                             act, reverse, len_dev, s, true, output_mask, padded);
 }
 
 at::Tensor elman_cell_forward_cuda(const at::Tensor& input, const at::Tensor& hx,
@@ -504,7 +526,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
   const c10::cuda::CUDAGuard guard(input.device());
   auto [gx, ghx, gwih, gwhh, gb] =
       elman_backward_impl(op, gy, at::Tensor(), x, hx, weight_ih, weight_hh, y, act,
-                          /*reverse=*/false, at::Tensor(), s, false, {true, true});
+                          /*reverse=*/false, at::Tensor(), s, false, {true, true},
+                          /*padded=*/false);
   return {gx.squeeze(0), ghx, gwih, gwhh, gb};
 }
 
