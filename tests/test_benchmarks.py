@@ -260,7 +260,9 @@ def _mock_cuda_onto_cpu(monkeypatch, bench_cuda):
     events by the host clock, tiny shapes. Not a measurement: it checks the script's own logic
     (phases, watchdog, JSON, table) before the one device run."""
     import time
-    import types
+
+    import torch._dynamo  # noqa: F401  (imported lazily by the flow: done here, before the
+    import torch.profiler  # noqa: F401  patches, or its import fails half-way under them)
 
     import rnn_ext
 
@@ -305,7 +307,6 @@ def _mock_cuda_onto_cpu(monkeypatch, bench_cuda):
     # No persistent plan on the CPU: the rows record the op's error, as where none fits.
     monkeypatch.setattr(bench_cuda, "plans_and_barrier",
                         lambda B, H, dtype, measure=True: (None, None, None, "mock"))
-    return types.SimpleNamespace()
 
 
 def test_bench_cuda_main_with_cuda_mocked_onto_the_cpu(monkeypatch, tmp_path, capsys):
