@@ -82,26 +82,25 @@ BARRIER_S = 1e-6  # assumed where it cannot be measured
 BARRIER_ITERS = 2000
 
 
-def per_step_floor(B, H, precision, barrier_s=BARRIER_S, peak_flops=None, bandwidth=None):
-    """Seconds: max(barrier, 2 B H^2 / peak, 3 B H elements / bandwidth) for one step; peak
-    (flop/s) and bandwidth (bytes/s) default to the datasheet figures."""
+def _floor(barriers_s, flops, elements, precision, peak_flops, bandwidth):
+    """max(barriers_s, flops / peak, bytes / bandwidth); peak (flop/s) and bandwidth (bytes/s)
+    default to the datasheet figures; 2 bytes per element for bf16, else 4."""
     elt = 2 if precision == "bf16" else 4
-    flops = 2.0 * B * H * H
-    bytes_ = 3.0 * B * H * elt
     peak = PEAK_FLOPS[precision] if peak_flops is None else peak_flops
     bw = BANDWIDTH if bandwidth is None else bandwidth
-    return max(barrier_s, flops / peak, bytes_ / bw)
+    return max(barriers_s, flops / peak, elements * elt / bw)
+
+
+def per_step_floor(B, H, precision, barrier_s=BARRIER_S, peak_flops=None, bandwidth=None):
+    """Seconds: max(barrier, 2 B H^2 / peak, 3 B H elements / bandwidth) for one step."""
+    return _floor(barrier_s, 2.0 * B * H * H, 3.0 * B * H, precision, peak_flops, bandwidth)
 
 
 def op_floor(T, B, I, H, precision, barrier_s=BARRIER_S, peak_flops=None, bandwidth=None):
     """Seconds: the whole forward+backward's floor, max(2 T barriers, (6 T B I H + 6 T B H^2)
     flops / peak, (3 T B I + 3 T B H) elements / bandwidth); see the module docstring."""
-    elt = 2 if precision == "bf16" else 4
-    flops = 6.0 * T * B * I * H + 6.0 * T * B * H * H
-    bytes_ = (3.0 * T * B * I + 3.0 * T * B * H) * elt
-    peak = PEAK_FLOPS[precision] if peak_flops is None else peak_flops
-    bw = BANDWIDTH if bandwidth is None else bandwidth
-    return max(2 * T * barrier_s, flops / peak, bytes_ / bw)
+    return _floor(2 * T * barrier_s, 6.0 * T * B * I * H + 6.0 * T * B * H * H,
+                  3.0 * T * B * I + 3.0 * T * B * H, precision, peak_flops, bandwidth)
 
 
 class Hang(RuntimeError):
@@ -336,8 +335,11 @@ class Case:
         """The floors, plans and speed-up of a row (in place). Without measure_barrier the
         grid barrier is assumed (no cooperative launch) unless an earlier call measured it."""
         T, B, I, H = self.shape
-        if measure_barrier or not hasattr(self, "_plans"):
+        # Once per case, and once more when the barrier is first to be measured (record()
+        # annotates every row of the case at each new row).
+        if getattr(self, "_plans_measured", None) not in (True, measure_barrier):
             self._plans = plans_and_barrier(B, H, self.dtype, measure_barrier)
+            self._plans_measured = measure_barrier
         plan_fwd, plan_bwd, barrier, barrier_error = self._plans
         barrier_s = BARRIER_S if barrier is None else barrier
         ceilings = ceilings or {}

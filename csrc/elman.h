@@ -121,6 +121,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_sequence_grads(
 // read back, a synchronisation) is in [1, T]; the message names the first bad index and value.
 void check_length_values(const char* op, const at::Tensor& lengths, int64_t T);
 
+// Whether some length is below T (a padded step exists); lengths_cpu: int64 (B,) on the CPU.
+bool any_length_below(const at::Tensor& lengths_cpu, int64_t T);
+
 // lengths as a contiguous int64 CPU tensor (copied from the device when needed), or an
 // undefined tensor when absent. check_elman_forward_args has validated its values.
 at::Tensor lengths_on_cpu(const std::optional<at::Tensor>& lengths);

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
 
+#include <algorithm>
+
 #include "elman.h"
 
 namespace rnn_ext {
@@ -103,6 +105,12 @@ void check_length_values(const char* op, const at::Tensor& lengths, int64_t T) {
         "], but lengths[", b, "] = ", p[b],
         " (an empty sequence is not allowed; a length cannot exceed the input's T)");
   }
+}
+
+bool any_length_below(const at::Tensor& lengths_cpu, int64_t T) {
+  const at::Tensor c = lengths_cpu.contiguous();
+  const int64_t* p = c.const_data_ptr<int64_t>();
+  return std::any_of(p, p + c.numel(), [T](int64_t v) { return v < T; });
 }
 
 ElmanSizes check_elman_cell_args(

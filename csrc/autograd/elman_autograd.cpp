@@ -4,10 +4,11 @@
 // forward and as much per backward).
 //
 // forward   redispatches below autograd to the backend kernel (or the fake kernel under
-//           torch.compile / opcheck) and saves the inputs except the biases, and the output (the
-//           only activations the fused backward needs); see keep_bias. An unused output's gradient arrives undefined (grads
-//           are not materialized): the backward hands the kernels a broadcast zero in its place,
-//           which the CPU kernel reads without allocating it.
+//           torch.compile / opcheck) and saves the inputs except the biases, and the output
+//           (the only activations the fused backward needs); see keep_bias. An unused output's
+//           gradient arrives undefined (grads are not materialized): the backward hands the
+//           kernels a broadcast zero in its place, which the CPU kernel reads without
+//           allocating it.
 // backward  elman_backward / elman_cell_backward, with output_mask from needs_input_grad. With
 //           create_graph=True (double backward) it differentiates instead a step-by-step
 //           recomputation in ATen operations (elman_reference below; exact, slower).

@@ -280,10 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_bac
   const int64_t K = std::clamp<int64_t>(
       std::min((kChunkRows + B - 1) / std::max<int64_t>(B, 1), (T + 1) / 2), 1, T);
   at::Tensor ga = at::empty({K, B, H}, input.options());
-  const bool padded = lengths_cpu.defined() &&
-                      std::any_of(lengths_cpu.const_data_ptr<int64_t>(),
-                                  lengths_cpu.const_data_ptr<int64_t>() + B,
-                                  [T](int64_t l) { return l < T; });
+  const bool padded = lengths_cpu.defined() && any_length_below(lengths_cpu, T);
   ElmanGradAccumulator acc(input, H, output_mask[0], padded ? lengths_cpu : at::Tensor());
   // grad_h_n: rows g_sB apart. A broadcast one (stride 0 along B: the zero that autograd
   // hands over for an unused h_n, or an expanded row) is read as one row, not materialized.

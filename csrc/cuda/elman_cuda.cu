@@ -151,12 +151,12 @@ Plan make_plan(int64_t B, int64_t H, bool backward) {
     best.why = "the device does not support cooperative launches";
     return best;
   }
-  // (Division, not B * H: the product of the diagnostic op's arbitrary int64 arguments
-  // can wrap.)
   if (B < 1 || H < 1) {
     best.why = "B and H must be >= 1";
     return best;
   }
+  // (Division, not B * H: the product of the diagnostic op's arbitrary int64 arguments
+  // can wrap.)
   if (H > (int64_t(1) << 20) || B > (int64_t(1) << 31) / H) {
     best.why = "B * H is too large";
     return best;
@@ -294,17 +294,12 @@ at::Tensor lengths_on_device(const char* op, const std::optional<at::Tensor>& le
   const at::Tensor& l = *lengths;
   const bool capturing =
       c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
-  const auto some_below_T = [T](const at::Tensor& on_cpu) {
-    const at::Tensor c = on_cpu.contiguous();
-    const int64_t* p = c.const_data_ptr<int64_t>();
-    return std::any_of(p, p + c.numel(), [T](int64_t v) { return v < T; });
-  };
   if (l.device() != device) {
     TORCH_CHECK(!capturing, op, ": lengths is on ", l.device(), ", but the current CUDA "
                 "stream is being captured into a CUDA graph, where it cannot be copied to the "
                 "device; pass lengths on input's device ", device);
     if (padded != nullptr) {
-      *padded = some_below_T(l);  // (on the CPU: the checks allow no other device)
+      *padded = any_length_below(l, T);  // (on the CPU: the checks allow no other device)
     }
     return l.to(device, at::kLong).contiguous();
   }
@@ -320,7 +315,7 @@ at::Tensor lengths_on_device(const char* op, const std::optional<at::Tensor>& le
     const at::Tensor on_cpu = lengths_on_cpu(l);  // the one read-back, used twice
     check_length_values(op, on_cpu, T);
     if (padded != nullptr) {
-      *padded = some_below_T(on_cpu);
+      *padded = any_length_below(on_cpu, T);
     }
   }
   return l.contiguous();

@@ -73,7 +73,7 @@ def set_lrs(opt: torch.optim.Optimizer, lr: Union[float, Sequence[float], np.nda
     if isinstance(lr, (np.ndarray, torch.Tensor)):
         if lr.ndim > 1:
             raise ValueError(f"set_lrs: lr must be a number or 1-D, got shape {tuple(lr.shape)}")
-        lrs = [float(r) for r in lr.reshape(-1)] if lr.ndim == 1 else [float(lr)]
+        lrs = [float(r) for r in lr.reshape(-1)]  # (a 0-d array: one rate)
     elif isinstance(lr, (list, tuple)):
         lrs = [float(r) for r in lr]
     else:
