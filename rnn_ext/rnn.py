@@ -9,9 +9,12 @@ through one call of the fused :func:`rnn_ext.ops.elman_rnn` (the cell through
 :func:`rnn_ext.ops.elman_cell`). The semantics are those of the PyTorch documentation of
 ``torch.nn.RNN`` / ``torch.nn.RNNCell``; the argument handling mirrors ``torch/nn/modules/rnn.py``.
 
-Weights are looked up by name (``getattr(module, name)``) at every forward, so weight tying,
-:mod:`torch.nn.utils.parametrize` and :func:`torch.func.functional_call` always see the current
-weights.
+:class:`RNN` reads its weights as ``nn.RNN`` does: at every forward, ``nn.RNNBase``'s
+``_update_flat_weights`` re-reads them by name when one is no longer the tensor it held, so
+weight tying, :mod:`torch.nn.utils.parametrize` and :func:`torch.func.functional_call` see the
+current weights, and a parametrization is evaluated as many times per forward as under
+``nn.RNN`` (a training-mode ``spectral_norm`` runs the same power iterations).
+:class:`RNNCell` reads each weight once per forward, as ``nn.RNNCell``.
 
 :func:`convert_rnn` swaps every ``nn.RNN`` / ``nn.RNNCell`` inside a model for these modules,
 keeping the very same ``Parameter`` objects (so an optimizer built before the swap stays valid).
@@ -19,7 +22,7 @@ keeping the very same ``Parameter`` objects (so an optimizer built before the sw
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Type, TypeVar
+from typing import List, Optional, Tuple, Type, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -220,8 +223,8 @@ class RNN(nn.RNNBase):
         )
 
     def check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
-        """``nn.RNN``'s input check (same messages), reading the current weight's dtype."""
-        weight = getattr(self, self._flat_weights_names[0])
+        """``nn.RNN``'s input check (same messages), against the first weight's dtype."""
+        weight = self._flat_weights[0]
         if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
@@ -241,6 +244,12 @@ class RNN(nn.RNNBase):
 
     def forward(self, input, hx: Optional[Tensor] = None):
         """Run the RNN; see the class docstring for shapes, dtypes and errors."""
+        # As nn.RNN.forward: refresh self._flat_weights from the module's attributes (a
+        # parametrization, functional_call or a replaced Parameter gives new tensors) and read
+        # the weights from that list only, so a parametrization is evaluated exactly as often as
+        # under nn.RNN.
+        self._update_flat_weights()
+        weights = dict(zip(self._flat_weights_names, self._flat_weights))
         num_directions = 2 if self.bidirectional else 1
         is_packed = isinstance(input, PackedSequence)
         is_batched = True
@@ -289,7 +298,7 @@ class RNN(nn.RNNBase):
         nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
         cast = _autocast_dtype(x.device.type)
         x, hx = _autocast(x, cast), _autocast(hx, cast)
-        self._check_dtype_device(x, hx)
+        self._check_dtype_device(x, hx, self._flat_weights)
 
         lengths = None
         if is_packed and max_batch_size == 0:
@@ -318,12 +327,10 @@ class RNN(nn.RNNBase):
             outputs = []
             for direction in range(num_directions):
                 suffix = "_reverse" if direction == 1 else ""
-                weight_ih = _autocast(getattr(self, f"weight_ih_l{layer}{suffix}"), cast)
-                weight_hh = _autocast(getattr(self, f"weight_hh_l{layer}{suffix}"), cast)
-                bias_ih = _autocast(getattr(self, f"bias_ih_l{layer}{suffix}"), cast) \
-                    if self.bias else None
-                bias_hh = _autocast(getattr(self, f"bias_hh_l{layer}{suffix}"), cast) \
-                    if self.bias else None
+                weight_ih, weight_hh, bias_ih, bias_hh = (
+                    _autocast(weights.get(f"{kind}_l{layer}{suffix}"), cast)
+                    for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                )
                 out, h_last = elman_rnn(
                     layer_input, hx[layer * num_directions + direction], weight_ih, weight_hh,
                     bias_ih, bias_hh, nonlinearity, direction == 1, lengths,
@@ -350,14 +357,13 @@ class RNN(nn.RNNBase):
             hidden = hidden.squeeze(1)
         return output, hidden
 
-    def _check_dtype_device(self, input: Tensor, hx: Tensor) -> None:
+    def _check_dtype_device(self, input: Tensor, hx: Tensor, weights: List[Tensor]) -> None:
         if hx.device != input.device:
             raise RuntimeError(
                 "Input and hidden tensors are not at the same device, found input tensor at "
                 f"{input.device} and hidden tensor at {hx.device}"
             )
-        for name in self._flat_weights_names:  # every parameter, as nn.RNN's kernels check
-            weight = getattr(self, name)
+        for weight in weights:  # every parameter, as nn.RNN's kernels check
             if weight.device != input.device:
                 raise RuntimeError(
                     "Input and parameter tensors are not at the same device, found input tensor "

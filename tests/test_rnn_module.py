@@ -698,6 +698,57 @@ def test_parametrization_uses_current_weight(parametrize_first):
         assert type(convert_rnn(nn.Sequential(ours.to_torch()))[0]).__bases__ == (RNN,)
 
 
+class _Counted(nn.Module):
+    """An identity parametrization that counts its evaluations."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, w):
+        self.calls += 1
+        return w
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(num_layers=2, bidirectional=True, bias=False)],
+                         ids=["1-layer", "2-layer-bidir-nobias"])
+def test_parametrizations_evaluated_as_often_as_under_nn_rnn(kwargs):
+    # A parametrization with state (spectral_norm's power iteration in training mode) changes
+    # with every evaluation, so the number of evaluations per forward is part of nn.RNN's
+    # behaviour: every weight, the first one included, as often as there.
+    calls = []
+    for m in _pair(0, torch.float64, input_size=3, hidden_size=4, **kwargs):
+        counters = {name: _Counted() for name in m._flat_weights_names}
+        for name, c in counters.items():
+            parametrize.register_parametrization(m, name, c)
+        x = torch.randn(5, 2, 3, dtype=torch.float64)
+        per_forward = []
+        for _ in range(2):
+            for c in counters.values():
+                c.calls = 0
+            m(x)
+            per_forward.append({name: c.calls for name, c in counters.items()})
+        calls.append(per_forward)
+    assert all(n >= 1 for n in calls[0][0].values())  # nn.RNN reads every weight
+    assert calls[1] == calls[0]
+
+
+def test_spectral_norm_state_and_outputs_match_nn_rnn():
+    from torch.nn.utils.parametrizations import spectral_norm
+    ref, ours = _pair(0, torch.float64, input_size=3, hidden_size=4)
+    for m in (ref, ours):
+        torch.manual_seed(1)  # the same initial power-iteration vectors
+        spectral_norm(m, "weight_hh_l0")
+    torch.manual_seed(2)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for _ in range(3):  # training mode: each evaluation runs a power iteration
+        _compare(ref(x), ours(x), torch.float64)
+        sn_ref = ref.parametrizations.weight_hh_l0[0]
+        sn_ours = ours.parametrizations.weight_hh_l0[0]
+        torch.testing.assert_close(sn_ours._u, sn_ref._u, rtol=0, atol=1e-14)
+        torch.testing.assert_close(sn_ours._v, sn_ref._v, rtol=0, atol=1e-14)
+
+
 def test_functional_call_uses_given_parameters():
     ref, ours = _pair(0, torch.float64, input_size=3, hidden_size=4, bidirectional=True)
     torch.manual_seed(1)
