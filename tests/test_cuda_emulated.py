@@ -542,13 +542,14 @@ def _in_target_layout(rows, tbf):
     return rows.t() if tbf else rows
 
 
-def loss_cases():
+def loss_cases(C=None):
     """(dtype, target_batch_first, target dtype, weight, strided), mixed so that each appears
-    with each dtype."""
+    with each dtype. uint8 targets where the C classes fit in them (C <= 256), else int64."""
+    small = torch.uint8 if C is None or C <= 256 else torch.int64
     for i, dtype in enumerate(LOSS_DTYPES):
         for j, (tbf, tdt, with_w, strided) in enumerate(
-            [(False, torch.int64, False, False), (True, torch.uint8, True, True),
-             (True, torch.int64, True, False), (False, torch.uint8, False, True)]
+            [(False, torch.int64, False, False), (True, small, True, True),
+             (True, torch.int64, True, False), (False, small, False, True)]
         ):
             yield dtype, tbf, tdt, with_w, strided, 10 * i + j
 
@@ -558,6 +559,10 @@ def loss_cases():
 # each lane of the cross-entropy's warp reads one or two classes and both halves of the warp
 # hold classes (a missing level of its shuffle reductions shows).
 LT, LB, LC = 7, 41, 37
+# Also: C over the cross-entropy backward's chunk of 1024 classes (kCeChunk; two chunks per
+# row, the second partial, 40 units for 16 warps); C < 32 (most lanes see no class: their
+# empty log-sum-exp state takes part in the warp's merge).
+LOSS_SHAPES = [(LT, LB, LC), (5, 8, 1100), (5, 7, 6)]
 
 
 def _check_forward_rows(loss, row_w, bad, ref_rows, w_row, none, tbf, target, dtype, where):
@@ -576,10 +581,10 @@ def _check_forward_rows(loss, row_w, bad, ref_rows, w_row, none, tbf, target, dt
                                    atol=_acc_tol(dtype), msg=lambda m: where + m)
 
 
-def test_seq_loss_forward_kernels(emu):
-    for dtype, tbf, tdt, with_w, strided, seed in loss_cases():
-        x, target, weight, y, w_row = loss_case(LT, LB, LC, dtype, tbf, tdt, with_w, strided,
-                                                seed)
+@pytest.mark.parametrize("shape", LOSS_SHAPES, ids=str)
+def test_seq_loss_forward_kernels(emu, shape):
+    for dtype, tbf, tdt, with_w, strided, seed in loss_cases(shape[2]):
+        x, target, weight, y, w_row = loss_case(*shape, dtype, tbf, tdt, with_w, strided, seed)
         where = f"{dtype}, target_batch_first={tbf}, target {tdt}, weight={with_w}, " \
                 f"strided={strided}"
         x64 = x.double()
@@ -599,12 +604,13 @@ def test_seq_loss_forward_kernels(emu):
                                        atol=_acc_tol(dtype), msg=lambda m: where + m)
 
 
-def test_seq_loss_backward_kernels(emu):
+@pytest.mark.parametrize("shape", LOSS_SHAPES, ids=str)
+def test_seq_loss_backward_kernels(emu, shape):
     import torch.nn.functional as F
 
-    for dtype, tbf, tdt, with_w, strided, seed in loss_cases():
-        x, target, weight, y, w_row = loss_case(LT, LB, LC, dtype, tbf, tdt, with_w, strided,
-                                                seed)
+    T, B, C = shape
+    for dtype, tbf, tdt, with_w, strided, seed in loss_cases(C):
+        x, target, weight, y, w_row = loss_case(T, B, C, dtype, tbf, tdt, with_w, strided, seed)
         stat = torch.float64 if dtype == torch.float64 else torch.float32
         total_weight = torch.tensor(w_row.sum().item(), dtype=stat)
         lse = torch.logsumexp(x.double(), dim=2).to(stat)
@@ -621,7 +627,7 @@ def test_seq_loss_backward_kernels(emu):
                 seed_grad = grad_loss.double()
             for name, fn in (("nll", F.nll_loss), ("ce", F.cross_entropy)):
                 x64 = x.double().detach().requires_grad_()
-                ref_loss = fn(x64.reshape(LT * LB, LC), y.reshape(-1), weight=w64,
+                ref_loss = fn(x64.reshape(T * B, C), y.reshape(-1), weight=w64,
                               ignore_index=IGNORE, reduction=reduction)
                 (ref,) = torch.autograd.grad(ref_loss, x64, seed_grad)
                 if name == "nll":
@@ -631,11 +637,53 @@ def test_seq_loss_backward_kernels(emu):
                     got, bad = emu.ce_backward(grad_loss, x, target, weight, IGNORE, reduction,
                                                tbf, lse, total_weight, 2)
                 assert bad == NO_BAD_ROW, where
-                assert got.dtype == dtype and got.shape == (LT, LB, LC), where
+                assert got.dtype == dtype and got.shape == (T, B, C), where
                 tol = _stored_tol(dtype)
                 scale = max(1.0, ref.abs().max().item())
                 torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * scale,
                                            msg=lambda m: f"{name}: {where}{m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_cross_entropy_kernels_special_values_as_the_cpu_op(emu, dtype):
+    """Rows with infinities and NaN: the CUDA kernels' log-sum-exp (one pass, online), loss and
+    gradient are the CPU operator's, NaN for NaN (the CPU op computes m + log(sum exp(x - m))
+    in two passes)."""
+    import rnn_ext  # noqa: F401  (registers torch.ops.rnn_ext)
+
+    C = 40  # lanes 0-7 of the warp read two classes, the others one
+    rows = torch.randn(10, C, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    inf, nan = float("inf"), float("nan")
+    rows[0] = -inf                      # all -inf
+    rows[1, 17] = inf                   # one +inf
+    rows[2, [4, 36]] = inf              # two +inf, in one lane
+    rows[3, 35] = nan                   # a NaN
+    rows[4] = -inf                      # -inf but at one class, read by lane 1 after a -inf
+    rows[4, 33] = 3.0
+    rows[5] *= 1e4                      # exp overflows unless the max is subtracted
+    rows[6, :32] = -inf                 # each lane's first class -inf, its second finite
+    rows[7] = 0.25                      # all equal: lse = 0.25 + log(C)
+    rows[8, :] = -inf                   # -inf but in the last lane's only class
+    rows[8, 31] = -2.0
+    rows[9, 5] = -inf                   # an ordinary row with the target's logit -inf
+    target = torch.tensor([[1, 17, 4, 0, 33, 7, 39, 12, 31, 5]])  # (T = 1, B = 10)
+    x = rows.to(dtype).unsqueeze(0)  # (1, 10, C)
+    cpu = torch.ops.rnn_ext.seq_cross_entropy_forward(x, target, None, -100, "none", False)
+    loss, _, lse, bad = emu.ce_forward(x, target, None, -100, True, False, 2)
+    assert bad == NO_BAD_ROW
+    tol = dict(rtol=_acc_tol(dtype), atol=_acc_tol(dtype), equal_nan=True)
+    torch.testing.assert_close(lse, cpu[1], **tol)
+    torch.testing.assert_close(loss.double(), cpu[0].double(), **tol)
+    assert torch.isnan(lse[0, :4]).all() and not torch.isnan(lse[0, 4:]).any()
+    for reduction, gl in (("none", torch.ones(1, 10, dtype=dtype)), ("sum", torch.tensor(1.0))):
+        gl = gl.to(dtype)
+        tw = cpu[2]
+        want = torch.ops.rnn_ext.seq_cross_entropy_backward(gl, x, target, None, -100, reduction,
+                                                            False, cpu[1], tw)
+        got, bad = emu.ce_backward(gl, x, target, None, -100, reduction, False, cpu[1], tw, 2)
+        assert bad == NO_BAD_ROW
+        torch.testing.assert_close(got.double(), want.double(), rtol=_stored_tol(dtype),
+                                   atol=_stored_tol(dtype), equal_nan=True)
 
 
 @pytest.mark.parametrize("tbf", [False, True], ids=["time-major", "batch-first"])

@@ -10,9 +10,11 @@
 //                 position) and weight; mean / sum: per-row losses and weights in float64
 //                 buffers, summed by ATen (deterministic), divided on the device.
 //   NLL backward  grad = 0 (one memset), then one thread per row writes its one nonzero.
-//   CE forward    one warp per row: max, then sum of exp(x - max) (two passes over the row,
-//                 the second from cache), lse = max + log(sum) saved (T, B), loss as NLL.
-//   CE backward   one thread per element: grad = c * ([c' == y] - exp(x - lse)).
+//   CE forward    one warp per row, one pass over it: the online log-sum-exp (a running max
+//                 and sum of exp(x - max) per lane, merged across the warp); lse saved (T, B),
+//                 loss as NLL.
+//   CE backward   one warp per row and chunk of kCeChunk classes (the row's index arithmetic,
+//                 target, factor and lse once per chunk): grad = c * ([c' == y] - exp(x - lse)).
 // Accumulation in at::opmath_type (float for float16 / bfloat16); lse and total_weight in the
 // "statistics dtype" of csrc/seq_nll.h (which is that same type).
 //
@@ -275,10 +277,10 @@ at::Tensor seq_cross_entropy_backward_cuda(
                                total_weight, &lse);
   const c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor grad = at::empty({s.T, s.B, s.C}, logits.options());
-  const int64_t n = grad.numel();
-  if (n == 0) {
+  if (grad.numel() == 0) {
     return grad;
   }
+  const int64_t units = s.T * s.B * ((s.C + kCeChunk - 1) / kCeChunk);
   at::Tensor bad = at::full({}, kNoBadRow, logits.options().dtype(at::kLong));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -286,8 +288,9 @@ at::Tensor seq_cross_entropy_backward_cuda(
         using acc_t = at::opmath_type<scalar_t>;
         RNN_EXT_DISPATCH_TARGET_CUDA(target, [&] {
           launch_kernel(
-              &ce_backward_kernel<scalar_t, index_t>, blocks_for(n, kThreads), kThreads, 0,
-              stream, grad.mutable_data_ptr<scalar_t>(), logits.const_data_ptr<scalar_t>(),
+              &ce_backward_kernel<scalar_t, index_t>, blocks_for(units, kWarpsPerBlock),
+              kThreads, 0, stream, grad.mutable_data_ptr<scalar_t>(),
+              logits.const_data_ptr<scalar_t>(),
               logits.stride(0), logits.stride(1), logits.stride(2),
               lse.const_data_ptr<acc_t>(), lse.stride(0), lse.stride(1),
               make_targets<scalar_t, index_t>(target, weight, ignore_index, s),

@@ -102,7 +102,46 @@ __global__ void nll_forward_kernel(const scalar_t* __restrict__ lp, int64_t lst,
   }
 }
 
-// Log-sum-exp of each row (saved) and the cross-entropy loss, one warp per row.
+// Online log-sum-exp (one pass over a row: Milakov & Gimelshein 2018, "Online normalizer
+// calculation for softmax"): a running max m and s = sum of exp(x - m) over the values seen.
+// Starts at m = -inf, s = 0. A -inf value adds nothing (skipped: exp(-inf - -inf) is NaN); a
+// NaN value makes s NaN, and it stays NaN.
+template <typename acc_t>
+__device__ __forceinline__ void lse_push(acc_t& m, acc_t& s, acc_t v) {
+  if (v > m) {
+    s = s * exp(m - v) + acc_t(1);
+    m = v;
+  } else if (v != -std::numeric_limits<acc_t>::infinity()) {
+    s += exp(v - m);
+  }
+}
+
+// Merges the running state (mo, so) of another part of the row into (m, s).
+template <typename acc_t>
+__device__ __forceinline__ void lse_merge(acc_t& m, acc_t& s, acc_t mo, acc_t so) {
+  const acc_t mn = mo > m ? mo : m;
+  if (mn == -std::numeric_limits<acc_t>::infinity()) {
+    s += so;  // neither part saw a value above -inf (0, or NaN from a NaN value)
+  } else {
+    s = s * exp(m - mn) + so * exp(mo - mn);
+  }
+  m = mn;
+}
+
+// The log-sum-exp of a row of C values from its merged state. A row whose max is infinite gets
+// what the two-pass formula m + log(sum exp(x - m)) of the CPU kernels gives: NaN (+inf:
+// exp(inf - inf); all -inf: exp(-inf - -inf)); an empty row (C = 0), -inf.
+template <typename acc_t>
+__device__ __forceinline__ acc_t lse_finish(acc_t m, acc_t s, int64_t C) {
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  if (m == kInf || (m == -kInf && C > 0)) {
+    return std::numeric_limits<acc_t>::quiet_NaN();
+  }
+  return m + log(s);
+}
+
+// Log-sum-exp of each row (saved) and the cross-entropy loss, one warp per row, one pass over
+// the row (lse_push per lane, lse_merge across the warp).
 template <typename scalar_t, typename index_t>
 __global__ void ce_forward_kernel(const scalar_t* __restrict__ x, int64_t xst, int64_t xsb,
                                   int64_t xsc, Targets<scalar_t, index_t> tg, int64_t T,
@@ -116,26 +155,19 @@ __global__ void ce_forward_kernel(const scalar_t* __restrict__ x, int64_t xst, i
        r < rows; r += warps) {
     const int64_t t = r / tg.B, b = r % tg.B;
     const scalar_t* row = x + t * xst + b * xsb;
-    acc_t m = -std::numeric_limits<acc_t>::infinity();
+    acc_t m = -std::numeric_limits<acc_t>::infinity(), sum = acc_t(0);
     for (int64_t c = lane; c < tg.C; c += 32) {
-      const acc_t v = static_cast<acc_t>(row[c * xsc]);
-      m = v > m ? v : m;
+      lse_push(m, sum, static_cast<acc_t>(row[c * xsc]));
     }
     for (int off = 16; off > 0; off >>= 1) {
-      const acc_t o = __shfl_xor_sync(0xffffffffu, m, off);
-      m = o > m ? o : m;
-    }
-    acc_t sum = acc_t(0);
-    for (int64_t c = lane; c < tg.C; c += 32) {
-      sum += exp(static_cast<acc_t>(row[c * xsc]) - m);
-    }
-    for (int off = 16; off > 0; off >>= 1) {
-      sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      const acc_t mo = __shfl_xor_sync(0xffffffffu, m, off);
+      const acc_t so = __shfl_xor_sync(0xffffffffu, sum, off);
+      lse_merge(m, sum, mo, so);
     }
     if (lane != 0) {
       continue;
     }
-    const acc_t lse = m + log(sum);
+    const acc_t lse = lse_finish(m, sum, tg.C);
     lse_out[r] = lse;
     finish_forward_row(tg, out, T, r, t, b, bad, [&](int64_t y, acc_t w) {
       return seq_ce_row_loss(lse, static_cast<acc_t>(row[y * xsc]), w);
@@ -180,6 +212,11 @@ __global__ void nll_backward_kernel(scalar_t* __restrict__ grad, Targets<scalar_
   }
 }
 
+// The cross-entropy backward's unit of work: one warp writes up to kCeChunk classes of one row
+// (each lane every 32nd), so that the row's index arithmetic (64-bit divisions), target,
+// factor and lse are done and read once per unit, not once per element.
+constexpr int64_t kCeChunk = 1024;
+
 template <typename scalar_t, typename index_t>
 __global__ void ce_backward_kernel(scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                    int64_t xst, int64_t xsb, int64_t xsc,
@@ -187,27 +224,34 @@ __global__ void ce_backward_kernel(scalar_t* __restrict__ grad, const scalar_t* 
                                    int64_t lse_st, int64_t lse_sb, Targets<scalar_t, index_t> tg,
                                    GradScale<scalar_t> gs, int64_t T, int64_t* bad) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n = T * tg.B * tg.C;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / tg.C, c = i % tg.C;
+  const int lane = threadIdx.x % 32;
+  const int64_t chunks = (tg.C + kCeChunk - 1) / kCeChunk;
+  const int64_t units = T * tg.B * chunks;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + threadIdx.x / 32;
+       u < units; u += warps) {
+    const int64_t r = u / chunks, c0 = (u % chunks) * kCeChunk;
+    const int64_t c1 = c0 + kCeChunk < tg.C ? c0 + kCeChunk : tg.C;
     const int64_t t = r / tg.B, b = r % tg.B;
+    scalar_t* g = grad + r * tg.C;
     const int64_t y = tg.y(t, b);
-    if (y == tg.ignore_index) {
-      grad[i] = scalar_t(0);
-      continue;
-    }
-    if (!seq_target_in_range(y, tg.C)) {
-      if (c == 0) {
+    const bool in_range = seq_target_in_range(y, tg.C);
+    if (y == tg.ignore_index || !in_range) {
+      if (y != tg.ignore_index && c0 == 0 && lane == 0) {
         record_bad_row(bad, r);
       }
-      grad[i] = scalar_t(0);
+      for (int64_t c = c0 + lane; c < c1; c += 32) {
+        g[c] = scalar_t(0);
+      }
       continue;
     }
     const acc_t cr = tg.template w<acc_t>(y) * gs(t, b);
-    const acc_t p =
-        exp(static_cast<acc_t>(x[t * xst + b * xsb + c * xsc]) - lse[t * lse_st + b * lse_sb]);
-    grad[i] = static_cast<scalar_t>(seq_ce_grad(p, c == y, cr));
+    const acc_t l = lse[t * lse_st + b * lse_sb];
+    const scalar_t* row = x + t * xst + b * xsb;
+    for (int64_t c = c0 + lane; c < c1; c += 32) {
+      g[c] = static_cast<scalar_t>(
+          seq_ce_grad(exp(static_cast<acc_t>(row[c * xsc]) - l), c == y, cr));
+    }
   }
 }
 
