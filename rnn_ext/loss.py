@@ -45,13 +45,22 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 
 def _check_ignore_index(ignore_index: int) -> None:
-    """The operators take a 64-bit integer. As ``F.nll_loss``: a bool or a float is a TypeError,
-    an int outside int64 a ValueError, here with messages that name the argument (the schema's
-    own error read "Expected a value of type 'int' ... found type 'int'"); other integer-likes
-    (numpy's, a SymInt) go on to the schema."""
+    """The operators take a 64-bit integer. As ``F.nll_loss``: a bool, a float, or a tensor that
+    is not one integer element is a TypeError; an integer outside int64 (Python's, numpy's) a
+    ValueError; here with messages that name the argument (the schema's own error read
+    "Expected a value of type 'int' ... found type 'int'", and the schema read a floating or
+    bool 0-d tensor as its integer part). Other integer-likes (numpy's, one-element integer
+    tensors, a SymInt) go on to the schema."""
+    if isinstance(ignore_index, torch.Tensor):
+        if ignore_index.numel() != 1 or ignore_index.is_floating_point() or \
+                ignore_index.is_complex() or ignore_index.dtype == torch.bool:
+            raise TypeError(f"ignore_index must be an integer, got a tensor of dtype "
+                            f"{ignore_index.dtype} and shape {tuple(ignore_index.shape)}")
+        return
     if isinstance(ignore_index, (bool, float, np.bool_, np.floating)):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
-    if isinstance(ignore_index, int) and not -(2 ** 63) <= ignore_index < 2 ** 63:
+    if isinstance(ignore_index, (int, np.integer)) and \
+            not -(2 ** 63) <= int(ignore_index) < 2 ** 63:
         raise ValueError(f"ignore_index must be in the int64 range, got {ignore_index!r}")
 
 
@@ -116,7 +125,8 @@ def seq_nll_loss(
         ValueError: a target whose shape does not match ``(B, T)`` / ``(T, B)`` of
             ``log_probs`` (the message names both shapes); an unknown ``reduction``; an
             ``ignore_index`` outside the int64 range.
-        TypeError: an ``ignore_index`` that is a bool or a float.
+        TypeError: an ``ignore_index`` that is a bool, a float, or a tensor that is not one
+            integer element (``F.nll_loss`` takes one-element integer tensors; so does this).
         RuntimeError: ``log_probs`` not of rank 3 or not floating, a target that is not int64 /
             uint8, a weight not of shape ``(C,)`` or of another dtype, mismatched devices, a
             weight that requires grad.

@@ -617,6 +617,11 @@ def test_double_backward_time_first_target(device, kind):
     (1.5, TypeError, "an integer, got 1.5"),
     (True, TypeError, "an integer, got True"),
     (np.bool_(True), TypeError, "an integer"),
+    (np.uint64(2 ** 64 - 1), ValueError, "in the int64 range"),
+    (torch.tensor(1.5), TypeError, r"an integer, got a tensor of dtype torch.float32 and shape "
+                                   r"\(\)"),
+    (torch.tensor([1, 2]), TypeError, r"an integer, got a tensor of dtype torch.int64 and "
+                                      r"shape \(2,\)"),
 ])
 def test_ignore_index_out_of_int64_or_not_an_int(bad, error, match):
     """The error types of F.nll_loss (TypeError for a float or bool, ValueError on overflow),
@@ -630,5 +635,11 @@ def test_ignore_index_out_of_int64_or_not_an_int(bad, error, match):
             fn(lp, t, ignore_index=bad)
     expected = rnn_ext.seq_nll_loss(lp, t, ignore_index=1)
     assert torch.equal(rnn_ext.seq_nll_loss(lp, t, ignore_index=np.int64(1)), expected)
+    for one in (torch.tensor(1), torch.tensor([1], dtype=torch.uint8)):  # F takes these too
+        assert torch.equal(rnn_ext.seq_nll_loss(lp, t, ignore_index=one), expected)
+    # A bool tensor (F: an internal assert) was read as 1.
+    with pytest.raises(TypeError, match="ignore_index must be an integer, got a tensor of dtype "
+                                        "torch.bool"):
+        rnn_ext.seq_cross_entropy(lp, t, ignore_index=torch.tensor(True))
     assert torch.equal(rnn_ext.seq_nll_loss(lp, t, ignore_index=2 ** 63 - 1),
                        rnn_ext.seq_nll_loss(lp, t, ignore_index=-100))
