@@ -256,6 +256,7 @@ class RNN(nn.RNNBase):
         batch_dim = 0 if self.batch_first else 1
         if is_packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
+            self.check_input(data, batch_sizes)  # nn.RNN's checks of data come first
             _check_batch_sizes(data, batch_sizes)
             max_batch_size = int(batch_sizes[0])
             x = data
@@ -363,7 +364,12 @@ class RNN(nn.RNNBase):
                 "Input and hidden tensors are not at the same device, found input tensor at "
                 f"{input.device} and hidden tensor at {hx.device}"
             )
-        for weight in weights:  # every parameter, as nn.RNN's kernels check
+        for name, weight in zip(self._flat_weights_names, weights):
+            # every parameter, as nn.RNN's kernels check (nn.RNN's TypeError for a missing one,
+            # here naming it)
+            if not isinstance(weight, Tensor):
+                raise TypeError(f"RNN: parameter {name} must be a Tensor, got "
+                                f"{type(weight).__name__}")
             if weight.device != input.device:
                 raise RuntimeError(
                     "Input and parameter tensors are not at the same device, found input tensor "

@@ -389,6 +389,10 @@ RNN_FORWARD_ERRORS = {
         pack_padded_sequence(_x(5, 3, 3), [5, 3, 2]), _x(2, 2, 4))),
     "packed_hx_2d": (dict(), lambda: (pack_padded_sequence(_x(5, 3, 3), [5, 3, 2]), _x(2, 4))),
     "packed_input_size": (dict(), lambda: (pack_padded_sequence(_x(5, 3, 2), [5, 3, 2]),)),
+    # data of the wrong rank or dtype: nn.RNN's checks of data come before those of batch_sizes
+    "packed_3d_data": (dict(), lambda: (PackedSequence(_x(10, 1, 3), torch.tensor([5, 3])),)),
+    "packed_dtype": (dict(), lambda: (
+        PackedSequence(_x(10, 3, dtype=torch.float64), torch.tensor([5, 3])),)),
 }
 
 
@@ -401,6 +405,18 @@ def test_rnn_forward_errors_match_nn_rnn(case):
     e_ours = _raises(lambda: RNN(**kwargs)(*args))
     assert type(e_ours) is type(e_ref)
     assert str(e_ours) == str(e_ref)
+
+
+def test_a_parameter_set_to_none_is_a_type_error_naming_it():
+    # nn.RNN: "TypeError: expected Tensor as element 1 in argument 2, but got NoneType" (from
+    # its kernel); ours was an AttributeError of the device check.
+    x = _x(5, 2, 3)
+    for cls in (nn.RNN, RNN):
+        m = cls(3, 4)
+        m.weight_hh_l0 = None
+        with pytest.raises(TypeError, match="weight_hh_l0 must be a Tensor, got NoneType"
+                           if cls is RNN else "expected Tensor"):
+            m(x)
 
 
 def test_rnn_hx_dtype_error():
