@@ -30,6 +30,7 @@ Shapes: ``T`` time steps, ``B`` batch, ``C`` classes. A "row" is one ``(t, b)``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -64,11 +65,18 @@ def _check_ignore_index(ignore_index: int) -> None:
         raise ValueError(f"ignore_index must be in the int64 range, got {ignore_index!r}")
 
 
-def _check_reduction(reduction: str) -> None:
+def _check_reduction(reduction: str) -> str:
+    """``reduction`` as the operators take it. The deprecated ``'elementwise_mean'`` is
+    ``'mean'`` with F.nll_loss's UserWarning (``torch.nn._reduction.get_enum``)."""
+    if reduction == "elementwise_mean":
+        warnings.warn("reduction='elementwise_mean' is deprecated. Please use reduction='mean' "
+                      "instead.", UserWarning, stacklevel=3)
+        return "mean"
     if reduction not in _REDUCTIONS:
         raise ValueError(
             f"{reduction!r} is not a valid value for reduction: expected 'none', 'mean' or 'sum'"
         )
+    return reduction
 
 
 def seq_nll_loss(
@@ -107,7 +115,9 @@ def seq_nll_loss(
         ignore_index: a target value whose rows contribute nothing (any integer, also one in
             ``[0, C)``).
         reduction: ``"none"`` (the per-row losses, in the target's shape: ``(B, T)`` or
-            ``(T, B)``), ``"mean"`` (weighted mean, a scalar) or ``"sum"`` (a scalar).
+            ``(T, B)``), ``"mean"`` (weighted mean, a scalar) or ``"sum"`` (a scalar). The
+            deprecated ``"elementwise_mean"`` is ``"mean"`` with a ``UserWarning``, as in
+            ``F.nll_loss``.
         target_batch_first: whether ``target`` is ``(B, T)`` (``True``) or ``(T, B)``.
 
     Returns:
@@ -135,7 +145,7 @@ def seq_nll_loss(
     operator; double backward (``create_graph=True``) differentiates a recomputation with
     ``F.nll_loss`` (exact, slower).
     """
-    _check_reduction(reduction)
+    reduction = _check_reduction(reduction)
     _check_ignore_index(ignore_index)
     return torch.ops.rnn_ext.seq_nll_loss_forward(
         log_probs, target, weight, ignore_index, reduction, target_batch_first
@@ -182,7 +192,7 @@ def seq_cross_entropy(
     Gradients flow to ``logits`` through ``rnn_ext::seq_cross_entropy_backward``; double
     backward differentiates a recomputation with ``F.cross_entropy`` (exact, slower).
     """
-    _check_reduction(reduction)
+    reduction = _check_reduction(reduction)
     _check_ignore_index(ignore_index)
     return torch.ops.rnn_ext.seq_cross_entropy_forward(
         logits, target, weight, ignore_index, reduction, target_batch_first
@@ -200,7 +210,8 @@ class _SeqLoss(nn.Module):
         target_batch_first: bool = True,
     ) -> None:
         super().__init__()
-        _check_reduction(reduction)
+        if reduction != "elementwise_mean":  # warned at each call, as nn.NLLLoss
+            _check_reduction(reduction)
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction

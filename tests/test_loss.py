@@ -329,6 +329,25 @@ def test_modules(device):
         rnn_ext.SeqNLLLoss(reduction="avg")
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_elementwise_mean_is_mean_with_fs_warning(kind):
+    # F.nll_loss / nn.NLLLoss take the deprecated 'elementwise_mean' as 'mean' and warn.
+    T, B, C = 3, 2, 5
+    x = torch.randn(T, B, C, dtype=torch.float64)
+    target = random_target(B, T, C, "cpu")
+    inp = x.log_softmax(-1) if kind == "nll" else x
+    module = (rnn_ext.SeqNLLLoss if kind == "nll" else rnn_ext.SeqCrossEntropyLoss)(
+        reduction="elementwise_mean")
+    assert module.reduction == "elementwise_mean"  # kept as given, as nn.NLLLoss keeps it
+    for loss in (lambda: fused(kind)(inp, target, reduction="elementwise_mean"),
+                 lambda: module(inp, target)):
+        with pytest.warns(UserWarning, match="elementwise_mean' is deprecated"):
+            out = loss()
+        assert torch.equal(out, fused(kind)(inp, target, reduction="mean"))
+        torch.testing.assert_close(out, lesson_reference(kind, inp, target),
+                                   **TOL[torch.float64])
+
+
 # ---------------------------------------------------------------------------------------------
 # gradcheck, double backward, opcheck, torch.compile
 
