@@ -2,7 +2,12 @@
 
 Run: python python/lesson6_0_setup.py
 """
+import argparse
+
 from rnn_ext.lesson import Vocab, load_nietzsche
+
+argparse.ArgumentParser(description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 
 text = load_nietzsche()
 print("corpus length:", len(text))  # 600893

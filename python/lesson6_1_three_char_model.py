@@ -5,11 +5,16 @@ rnn_ext.ops.elman_rnn. The notebook validated on one sample; this uses a 20% spl
 
 Run: python python/lesson6_1_three_char_model.py   (about 10 s on 2 CPU cores)
 """
+import argparse
+
 import torch
 import torch.nn.functional as F
 
 from rnn_ext.lesson import (Char3Model, Vocab, char3_dataset, fit, get_next, lesson_data,
                             load_nietzsche, set_lrs)
+
+argparse.ArgumentParser(description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 
 torch.manual_seed(42)
 text = load_nietzsche()
@@ -21,7 +26,8 @@ m = Char3Model(len(md.vocab), n_fac=42)
 opt = torch.optim.Adam(m.parameters(), 1e-2)
 fit(m, md, 1, opt, F.nll_loss, seed=42, notebook=[(2.09627, None)])
 set_lrs(opt, 0.001)
-fit(m, md, 1, opt, F.nll_loss, seed=42, epoch_offset=1, notebook=[(1.84525, None)])
+fit(m, md, 1, opt, F.nll_loss, seed=42, epoch_offset=1, header=False,
+    notebook=[(1.84525, None)])
 
 for s in ["y. ", "ppl", " th", "and"]:  # the notebook: 'T', 'e', 'e', ' '
     print(repr(s), "->", repr(get_next(m, s)))

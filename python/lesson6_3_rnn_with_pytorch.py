@@ -2,10 +2,15 @@
 
 Run: python python/lesson6_3_rnn_with_pytorch.py   (a few minutes on 2 CPU cores)
 """
+import argparse
+
 import torch
 import torch.nn.functional as F
 
 from rnn_ext.lesson import CharRnn, fit, get_next, get_next_n, lesson_data, set_lrs
+
+argparse.ArgumentParser(description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 
 md = lesson_data("overlap", bs=512)
 torch.manual_seed(42)
@@ -16,7 +21,7 @@ opt = torch.optim.Adam(m.parameters(), 1e-3)
 fit(m, md, 4, opt, F.nll_loss, seed=42,
     notebook=[(1.86065, 1.84255), (1.68014, 1.67387), (1.58828, 1.59169), (1.52989, 1.54942)])
 set_lrs(opt, 1e-4)
-fit(m, md, 2, opt, F.nll_loss, seed=42, epoch_offset=4,
+fit(m, md, 2, opt, F.nll_loss, seed=42, epoch_offset=4, header=False,
     notebook=[(1.46841, 1.50966), (1.46482, 1.5039)])
 
 print(repr(get_next(m, "for thos")))  # the notebook: 'e'

@@ -58,17 +58,19 @@ def _check_output_path(option: str, path: str, folder_must_exist: bool) -> None:
         raise ValueError(f"{option}: the folder {folder!r} of {path!r} does not exist")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, resume: bool = False) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 (default auto)")
     p.add_argument("--seed", type=int, default=None,
-                   help="random seed (default 42; train --resume: the checkpoint's)")
+                   help="random seed (default 42" + ("; --resume: the checkpoint's)" if resume
+                                                     else ")"))
     p.add_argument("--threads", type=_nonneg_int, default=0,
                    help="CPU threads for torch (default 0: torch's own default, one per core; "
                         "1 is steadier when the cores are shared with other jobs)")
 
 
-def _training(p: argparse.ArgumentParser) -> None:
+def _training(p: argparse.ArgumentParser, resume: bool = False) -> None:
+    from_checkpoint = "; --resume: the checkpoint's" if resume else ""
     p.add_argument("--text", metavar="FILE", help="train on this UTF-8 text file instead of "
                    "the bundled nietzsche.txt")
     p.add_argument("--epochs", type=_nonneg_int, nargs="+", metavar="N",
@@ -78,9 +80,9 @@ def _training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bs", type=_positive_int, default=None,
                    help="global batch size (default 512, the lesson's)")
     p.add_argument("--n-hidden", type=_positive_int, default=None,
-                   help="hidden size (default 256; --resume: the checkpoint's)")
+                   help=f"hidden size (default 256{from_checkpoint})")
     p.add_argument("--n-fac", type=_positive_int, default=None,
-                   help="embedding size (default 42; --resume: the checkpoint's)")
+                   help=f"embedding size (default 42{from_checkpoint})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -100,14 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which of the notebook's runs (default seq-identity; --resume: the "
                    "checkpoint's): "
                    + ", ".join(f"{k} = {RECIPES[k].title}" for k in LESSON_ROWS))
-    _training(t)
-    _common(t)
+    _training(t, resume=True)
+    _common(t, resume=True)
     t.add_argument("--out", default=None,
                    help="checkpoint to write after every epoch (default: the --resume "
                    f"checkpoint, else {DEFAULT_CHECKPOINT})")
     t.add_argument("--resume", metavar="PATH", help="continue training from this checkpoint")
 
-    g = sub.add_parser("generate", help="write text with a trained checkpoint")
+    g = sub.add_parser("generate", help="write text with a trained checkpoint",
+                       description="Write text with a checkpoint saved by train: the prompt "
+                       "is read, then each character is sampled from the model's softmax and "
+                       "fed back, carrying the hidden state (--greedy --window: the notebook's "
+                       "get_next_n).")
     g.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help=f"checkpoint written by train (default {DEFAULT_CHECKPOINT})")
     g.add_argument("--prompt", default="for thos", help="text to start from (default 'for thos')")
@@ -115,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=_positive_float, default=0.8,
                    help="sampling temperature (default 0.8; lower is more conservative)")
     g.add_argument("--top-k", type=_positive_int, default=None,
-                   help="sample among the k most likely characters only")
+                   help="sample among the k most likely characters only (default: all)")
     g.add_argument("--greedy", action="store_true",
                    help="always take the most likely character (with --window: the "
                    "notebook's get_next_n)")
@@ -125,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(g)
 
     les = sub.add_parser("lesson", help="the notebook's six runs, each beside the notebook's "
-                         "numbers")
+                         "numbers",
+                         description="Train the notebook's six models in turn (or --rows) "
+                         "and print each one's losses beside the notebook's.")
     les.add_argument("--rows", nargs="+", choices=LESSON_ROWS, default=None,
                      help="only these rows (default: all six, in the notebook's order)")
     les.add_argument("--markdown", metavar="FILE", help="also write the table to FILE")

@@ -219,6 +219,20 @@ def test_python_m_rnn_ext_help():
     assert r.returncode == 0 and "train" in r.stdout and "generate" in r.stdout
 
 
+def _help(command):
+    from rnn_ext.cli import build_parser
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    return " ".join(sub.format_help().split())  # argparse wraps at the terminal's width
+
+
+def test_subcommand_help_names_only_their_own_options():
+    train, generate, lesson = _help("train"), _help("generate"), _help("lesson")
+    assert "--resume: the checkpoint's" in train and "--resume" not in lesson
+    assert "--resume" not in generate  # its --seed is its own
+    assert "Write text with a checkpoint" in generate and "Train the notebook's six" in lesson
+    assert "(default: all)" in generate  # --top-k
+
+
 def test_torchrun_two_processes_same_losses(text_file, tmp_path):
     # torchrun of this interpreter's torch (a `torchrun` on PATH may belong to another Python),
     # on the CPU (gloo) also on a machine with one GPU, where 2 processes would need 2 GPUs.

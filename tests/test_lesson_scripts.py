@@ -6,6 +6,8 @@ import py_compile
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "python", "lesson6_*.py")))
 
@@ -18,6 +20,16 @@ def test_one_script_per_notebook_section():
     for s in SCRIPTS:
         py_compile.compile(s, doraise=True)
         assert "rnn_ext" in open(s, encoding="utf-8").read()
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
+def test_help_prints_the_docstring_and_trains_nothing(script):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Run: python python/" + os.path.basename(script) in r.stdout
+    assert "epoch" not in r.stdout and "corpus length" not in r.stdout
 
 
 def test_setup_script_prints_the_notebooks_values():
