@@ -183,11 +183,22 @@ def machine_info(device: str) -> Dict[str, Any]:
 # Command line
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, except where the help text already gives the default or
+    the default is None / False (which it would print as "(default: None)")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """The options every benchmark script shares: --device, --dtypes, --quick, --threads,
     --min-run-time, --rounds, --out, --no-progress."""
     p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_DefaultsFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where to run (cuda: the current CUDA device)")
     p.add_argument("--dtypes", default=None,

@@ -2,12 +2,11 @@
 
 Run: python python/lesson6_0_setup.py
 """
-import argparse
-
 from rnn_ext.lesson import Vocab, load_nietzsche
 
-argparse.ArgumentParser(description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+from _args import parse_args  # python/_args.py: --help, --threads
+
+parse_args(__doc__)
 
 text = load_nietzsche()
 print("corpus length:", len(text))  # 600893

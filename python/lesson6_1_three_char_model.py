@@ -5,16 +5,15 @@ rnn_ext.ops.elman_rnn. The notebook validated on one sample; this uses a 20% spl
 
 Run: python python/lesson6_1_three_char_model.py   (about 10 s on 2 CPU cores)
 """
-import argparse
-
 import torch
 import torch.nn.functional as F
 
 from rnn_ext.lesson import (Char3Model, Vocab, char3_dataset, fit, get_next, lesson_data,
                             load_nietzsche, set_lrs)
 
-argparse.ArgumentParser(description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+from _args import parse_args  # python/_args.py: --help, --threads
+
+parse_args(__doc__)
 
 torch.manual_seed(42)
 text = load_nietzsche()

@@ -5,18 +5,17 @@ CharLoopModel is an Elman recurrence in disguise (one fused rnn_ext.ops.elman_rn
 CharLoopConcatModel's first layer per step is a fused rnn_ext.ops.elman_cell (relu) whose two
 weights are the column blocks of l_in.weight.
 
-Run: python python/lesson6_2_first_rnn.py   (a few minutes on 2 CPU cores)
+Run: python python/lesson6_2_first_rnn.py   (about 1.5 minutes on 2 quiet CPU cores)
 """
-import argparse
-
 import torch
 import torch.nn.functional as F
 
 from rnn_ext.lesson import (CharLoopConcatModel, CharLoopModel, fit, get_next, lesson_data,
                             set_lrs)
 
-argparse.ArgumentParser(description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+from _args import parse_args  # python/_args.py: --help, --threads
+
+parse_args(__doc__)
 
 cs = 8
 md = lesson_data("overlap", bs=512, cs=cs)  # 600,884 overlapping windows; get_cv_idxs split

@@ -1,16 +1,15 @@
 """Lesson 6, section "RNN with pytorch": CharRnn, with rnn_ext.RNN in place of nn.RNN.
 
-Run: python python/lesson6_3_rnn_with_pytorch.py   (a few minutes on 2 CPU cores)
+Run: python python/lesson6_3_rnn_with_pytorch.py   (about a minute on 2 quiet CPU cores)
 """
-import argparse
-
 import torch
 import torch.nn.functional as F
 
 from rnn_ext.lesson import CharRnn, fit, get_next, get_next_n, lesson_data, set_lrs
 
-argparse.ArgumentParser(description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+from _args import parse_args  # python/_args.py: --help, --threads
+
+parse_args(__doc__)
 
 md = lesson_data("overlap", bs=512)
 torch.manual_seed(42)

@@ -4,15 +4,14 @@ nll_loss_seq, fused).
 
 Run: python python/lesson6_4_multi_output.py   (under a minute on 2 CPU cores)
 """
-import argparse
-
 import torch
 
 import rnn_ext
 from rnn_ext.lesson import CharSeqRnn, fit, lesson_data, set_lrs
 
-argparse.ArgumentParser(description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+from _args import parse_args  # python/_args.py: --help, --threads
+
+parse_args(__doc__)
 
 md = lesson_data("seq", bs=512)  # 75,111 windows; split as get_cv_idxs(len(xs) - cs - 1)
 print("xs[:2] =", md.trn_x[:2].tolist(), "ys[:2] =", md.trn_y[:2].tolist())

@@ -6,15 +6,14 @@ This is also what ``python -m rnn_ext train`` does by default.
 
 Run: python python/lesson6_5_identity_init.py   (about a minute on 2 CPU cores)
 """
-import argparse
-
 import torch
 
 import rnn_ext
 from rnn_ext.lesson import CharSeqRnn, fit, generate, identity_init_, lesson_data, set_lrs
 
-argparse.ArgumentParser(description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+from _args import parse_args  # python/_args.py: --help, --threads
+
+parse_args(__doc__)
 
 md = lesson_data("seq", bs=512)
 torch.manual_seed(42)

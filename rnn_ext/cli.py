@@ -74,9 +74,11 @@ def _training(p: argparse.ArgumentParser, resume: bool = False) -> None:
     p.add_argument("--text", metavar="FILE", help="train on this UTF-8 text file instead of "
                    "the bundled nietzsche.txt")
     p.add_argument("--epochs", type=_nonneg_int, nargs="+", metavar="N",
-                   help="epochs of each phase of the schedule (one value: every phase)")
+                   help="epochs of each phase of the schedule (one value: every phase; "
+                        "default: the model's notebook schedule)")
     p.add_argument("--lr", type=_positive_float, nargs="+", metavar="LR",
-                   help="learning rate of each phase (one value: every phase)")
+                   help="learning rate of each phase (one value: every phase; default: the "
+                        "model's notebook schedule)")
     p.add_argument("--bs", type=_positive_int, default=None,
                    help="global batch size (default 512, the lesson's)")
     p.add_argument("--n-hidden", type=_positive_int, default=None,

@@ -371,3 +371,13 @@ def test_bench_cuda_stops_at_a_hang_and_keeps_the_rows(monkeypatch, tmp_path, ca
     persist = [r for r in doc["rows"] if r["impl"] == "persist"]
     assert len(persist) == 1 and persist[0]["error"].startswith("hang: ")
     assert "STOPPED: " in capsys.readouterr().out
+
+
+def test_help_shows_each_default_once():
+    """--help appends argparse's "(default: X)" only where the text does not already give the
+    default, and never "(default: None)" / "(default: False)"."""
+    p = common.base_parser("x")
+    text = " ".join(p.format_help().split())
+    assert "(default: cpu)" in text  # --device: appended
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert text.count("default: torch.get_num_threads()") == 1  # --threads: its own text only

@@ -29,7 +29,16 @@ def test_help_prints_the_docstring_and_trains_nothing(script):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Run: python python/" + os.path.basename(script) in r.stdout
+    assert "--threads" in r.stdout
     assert "epoch" not in r.stdout and "corpus length" not in r.stdout
+
+
+def test_negative_threads_is_a_usage_error():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, SCRIPTS[0], "--threads", "-1"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--threads must be >= 0, got -1" in r.stderr
+    assert "corpus length" not in r.stdout
 
 
 def test_setup_script_prints_the_notebooks_values():
