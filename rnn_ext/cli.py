@@ -58,19 +58,22 @@ def _check_output_path(option: str, path: str, folder_must_exist: bool) -> None:
         raise ValueError(f"{option}: the folder {folder!r} of {path!r} does not exist")
 
 
+# Appended to the default in the help of an option that --resume takes from the checkpoint.
+_FROM_CHECKPOINT = "; --resume: the checkpoint's"
+
+
 def _common(p: argparse.ArgumentParser, resume: bool = False) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 (default auto)")
     p.add_argument("--seed", type=int, default=None,
-                   help="random seed (default 42" + ("; --resume: the checkpoint's)" if resume
-                                                     else ")"))
+                   help=f"random seed (default 42{_FROM_CHECKPOINT if resume else ''})")
     p.add_argument("--threads", type=_nonneg_int, default=0,
                    help="CPU threads for torch (default 0: torch's own default, one per core; "
                         "1 is steadier when the cores are shared with other jobs)")
 
 
 def _training(p: argparse.ArgumentParser, resume: bool = False) -> None:
-    from_checkpoint = "; --resume: the checkpoint's" if resume else ""
+    from_checkpoint = _FROM_CHECKPOINT if resume else ""
     p.add_argument("--text", metavar="FILE", help="train on this UTF-8 text file instead of "
                    "the bundled nietzsche.txt")
     p.add_argument("--epochs", type=_nonneg_int, nargs="+", metavar="N",
@@ -101,8 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train one of the notebook's models (default: CharSeqRnn "
                        "with identity W_hh, the notebook's schedule 1e-2 x4, 1e-3 x4).")
     t.add_argument("--model", choices=sorted(RECIPES), default=None,
-                   help="which of the notebook's runs (default seq-identity; --resume: the "
-                   "checkpoint's): "
+                   help=f"which of the notebook's runs (default seq-identity{_FROM_CHECKPOINT}): "
                    + ", ".join(f"{k} = {RECIPES[k].title}" for k in LESSON_ROWS))
     _training(t, resume=True)
     _common(t, resume=True)

@@ -65,12 +65,13 @@ def _check_ignore_index(ignore_index: int) -> None:
         raise ValueError(f"ignore_index must be in the int64 range, got {ignore_index!r}")
 
 
-def _check_reduction(reduction: str) -> str:
+def _check_reduction(reduction: str, warn: bool = True) -> str:
     """``reduction`` as the operators take it. The deprecated ``'elementwise_mean'`` is
-    ``'mean'`` with F.nll_loss's UserWarning (``torch.nn._reduction.get_enum``)."""
+    ``'mean'``, with F.nll_loss's UserWarning when ``warn`` (``torch.nn._reduction.get_enum``)."""
     if reduction == "elementwise_mean":
-        warnings.warn("reduction='elementwise_mean' is deprecated. Please use reduction='mean' "
-                      "instead.", UserWarning, stacklevel=3)
+        if warn:
+            warnings.warn("reduction='elementwise_mean' is deprecated. Please use "
+                          "reduction='mean' instead.", UserWarning, stacklevel=3)
         return "mean"
     if reduction not in _REDUCTIONS:
         raise ValueError(
@@ -210,8 +211,7 @@ class _SeqLoss(nn.Module):
         target_batch_first: bool = True,
     ) -> None:
         super().__init__()
-        if reduction != "elementwise_mean":  # warned at each call, as nn.NLLLoss
-            _check_reduction(reduction)
+        _check_reduction(reduction, warn=False)  # warned at each call, as nn.NLLLoss
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
