@@ -7,7 +7,7 @@
 //
 //   NLL:            loss_row = -w * log_probs[t, b, y]
 //   cross-entropy:  lse      = m + log(sum_c exp(x_c - m)),  m = max_c x_c
-//                   loss_row = w * (lse - x_y)
+//                   loss_row = w * ((m - x_y) + log(sum_c exp(x_c - m)))   (= w * (lse - x_y))
 //   reductions:     none -> loss_row at the target's position; sum -> sum of rows;
 //                   mean -> sum of rows / total_weight, total_weight = sum of w over the rows
 //                           that are not ignored (0 / 0 = NaN when every row is ignored).
@@ -47,10 +47,15 @@ C10_HOST_DEVICE inline acc_t seq_nll_row_loss(acc_t log_prob_y, acc_t w) {
   return -w * log_prob_y;
 }
 
-// Cross-entropy loss of one row that is not ignored: w * (lse - x_y).
+// Cross-entropy loss of one row that is not ignored: w * (lse - x_y), computed as
+// w * ((m - x_y) + log_sum) with m the row's max and log_sum = log(sum_c exp(x_c - m)), so
+// lse = m + log_sum. lse itself is rounded at the magnitude of m (a spacing of 3e-5 near
+// m = 300), which lse - x_y would pass on whole to a loss that may be far smaller (a confident
+// row's); m - x_y and log_sum are rounded at their own magnitudes, as in F.cross_entropy's
+// log_softmax (x_y - m - log_sum). A NaN log_sum (a NaN, or an infinite max) gives NaN.
 template <typename acc_t>
-C10_HOST_DEVICE inline acc_t seq_ce_row_loss(acc_t lse, acc_t logit_y, acc_t w) {
-  return w * (lse - logit_y);
+C10_HOST_DEVICE inline acc_t seq_ce_row_loss(acc_t m, acc_t log_sum, acc_t logit_y, acc_t w) {
+  return w * ((m - logit_y) + log_sum);
 }
 
 // The per-row factor s of the backward (see the top of this file): the gradient of the

@@ -1,6 +1,7 @@
 """Helpers shared by the CUDA tests (tests/test_cuda.py, on a GPU) and the emulated CUDA tests
 (tests/test_cuda_emulated.py, on the CPU): the Elman operators' random arguments, the relative
-error the tests bound and its bounds per dtype, and the capture of a CUDA graph. Not a test
+error the tests bound and its bounds per dtype, the capture of a CUDA graph, and the
+large-logit rows of the cross-entropy accuracy tests (also in tests/test_loss.py). Not a test
 module itself."""
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     denom = ref.norm().item()
     diff = (got - ref).norm().item()
     return diff / denom if denom > 0 else diff
+
+
+def confident_rows(T, B, C, scale, seed=0):
+    """Logits of spread and offset ``scale`` (float32, (T, B, C)) and a (B, T) target that is
+    each row's largest class in even columns, its second largest in odd ones: small losses
+    beside large logits."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, C, generator=g) * scale + scale
+    top2 = x.topk(2, dim=2).indices  # (T, B, 2)
+    target = top2[..., 0].t().contiguous()
+    target[:, 1::2] = top2[..., 1].t()[:, 1::2]
+    return x, target
 
 
 def capture_graph(fn):

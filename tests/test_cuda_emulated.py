@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cuda_cases import REL_TOL, make_args, rel_err
+from cuda_cases import REL_TOL, confident_rows, make_args, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -684,6 +684,22 @@ def test_cross_entropy_kernels_special_values_as_the_cpu_op(emu, dtype):
         assert bad == NO_BAD_ROW
         torch.testing.assert_close(got.double(), want.double(), rtol=_stored_tol(dtype),
                                    atol=_stored_tol(dtype), equal_nan=True)
+
+
+def test_cross_entropy_kernel_loss_accurate_beside_large_logits(emu):
+    """The CUDA forward forms a confident row's loss as (m - x_y) + log_sum, not lse - x_y,
+    as the CPU op (test_loss.py's test of the same name): within 1e-6 of float64 where
+    lse - x_y was up to 5e-4 off."""
+    T, B, C = 8, 16, 85
+    for scale in (1.0, 50.0, 3000.0):
+        x, target = confident_rows(T, B, C, scale)
+        ref = torch.nn.functional.cross_entropy(x.double().reshape(-1, C),
+                                                target.t().reshape(-1), reduction="none")
+        loss, _, lse, bad = emu.ce_forward(x, target, None, -100, True, True, 2)
+        assert bad == NO_BAD_ROW
+        torch.testing.assert_close(loss.t().reshape(-1).double(), ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(lse.double(), torch.logsumexp(x.double(), 2), rtol=1e-6,
+                                   atol=0)
 
 
 @pytest.mark.parametrize("tbf", [False, True], ids=["time-major", "batch-first"])

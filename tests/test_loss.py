@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cuda_cases import confident_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -237,6 +238,26 @@ def test_cross_entropy_extreme_logits(device):
     for reduction in REDUCTIONS:
         compare("ce", x, target, reduction=reduction, tol=dict(rtol=1e-5, atol=atol),
                 x_ref=x.double())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale", [1.0, 50.0, 3000.0])
+def test_cross_entropy_loss_accurate_beside_large_logits(device, scale):
+    # The loss of a confident row is small while its logits are large. Formed as lse - x_y it
+    # took lse's rounding at the logits' magnitude (errors of 7e-6 at scale 50, 5e-4 at 3000,
+    # where F.cross_entropy's are below 3e-7); formed as (m - x_y) + log_sum it is as close to
+    # float64 as F.cross_entropy's.
+    T, B, C = 8, 16, 85
+    x, target = confident_rows(T, B, C, scale)
+    ref = F.cross_entropy(x.double().reshape(-1, C), target.t().reshape(-1), reduction="none")
+    theirs = F.cross_entropy(x.reshape(-1, C), target.t().reshape(-1), reduction="none")
+    tol = dict(rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(theirs.double(), ref, **tol)  # the bar, met by F.cross_entropy
+    x, target = x.to(device), target.to(device)
+    got = rnn_ext.seq_cross_entropy(x, target, reduction="none")  # (B, T)
+    torch.testing.assert_close(got.t().reshape(-1).double().cpu(), ref, **tol)
+    mean = rnn_ext.seq_cross_entropy(x, target)
+    torch.testing.assert_close(mean.double().cpu(), ref.mean(), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("device", DEVICES)

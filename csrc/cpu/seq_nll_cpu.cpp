@@ -8,7 +8,8 @@
 //
 //   NLL forward      one gather per row; loss per row (none) or partial sums (mean / sum).
 //   NLL backward     one pass writing the gradient: zeros and each row's one nonzero.
-//   CE forward       per row: max, sum of exp(x - max), lse = max + log(sum), loss; lse saved.
+//   CE forward       per row: max, sum of exp(x - max), loss from max and log(sum)
+//                    (seq_ce_row_loss); lse = max + log(sum) saved.
 //   CE backward      per row: grad = c * (onehot - exp(x - lse)), from logits and lse only.
 // Rows run in parallel (at::parallel_for) in blocks of a fixed size; the partial sums of the
 // blocks are added in block order, so the result does not depend on the number of threads.
@@ -102,8 +103,16 @@ inline float exp_nonpositive(float x) {
 // element goes through a scalar loop. Lanes are added at the end.
 constexpr int64_t kLanes = 16;
 
+// The log-sum-exp of a row in two parts: its max m and log_sum = log(sum exp(x - m)), so that
+// the loss can be formed at its own magnitude (seq_ce_row_loss) and lse = m + log_sum saved.
+template <typename acc_t>
+struct RowLse {
+  acc_t m, log_sum;
+  acc_t lse() const { return m + log_sum; }
+};
+
 // log-sum-exp of one contiguous row of C >= 1 floats.
-RNN_EXT_ROW_CLONES float row_logsumexp(const float* x, int64_t C) {
+RNN_EXT_ROW_CLONES RowLse<float> row_logsumexp(const float* x, int64_t C) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t full = C / kLanes * kLanes;
   float tail[kLanes];
@@ -127,12 +136,12 @@ RNN_EXT_ROW_CLONES float row_logsumexp(const float* x, int64_t C) {
   }
   const float m = mv[0];
   if (std::isinf(m)) {
-    // All -inf (lse -inf, loss NaN or inf as in PyTorch) or a +inf (NaN): leave it to libm.
+    // All -inf or a +inf: exp(-inf - -inf), exp(inf - inf) make log_sum NaN, as PyTorch.
     double s = 0;
     for (int64_t i = 0; i < C; ++i) {
       s += std::exp(static_cast<double>(x[i]) - m);
     }
-    return static_cast<float>(m + std::log(s));
+    return {m, static_cast<float>(std::log(s))};
   }
   float sv[kLanes];
 #pragma omp simd
@@ -150,7 +159,7 @@ RNN_EXT_ROW_CLONES float row_logsumexp(const float* x, int64_t C) {
       sv[k] += sv[k + w];
     }
   }
-  return m + std::log(sv[0]);
+  return {m, std::log(sv[0])};
 }
 
 // grad[i] = c * ([i == y] - exp(x[i] - lse)) for one contiguous row.
@@ -181,7 +190,7 @@ RNN_EXT_ROW_CLONES void row_ce_grad(float* g, const float* x, int64_t C, float l
 }
 
 // The same in double, with libm's exp.
-double row_logsumexp(const double* x, int64_t C) {
+RowLse<double> row_logsumexp(const double* x, int64_t C) {
   double m = -std::numeric_limits<double>::infinity();
   for (int64_t i = 0; i < C; ++i) {
     m = x[i] > m ? x[i] : m;
@@ -190,7 +199,7 @@ double row_logsumexp(const double* x, int64_t C) {
   for (int64_t i = 0; i < C; ++i) {
     s += std::exp(x[i] - m);
   }
-  return m + std::log(s);
+  return {m, std::log(s)};
 }
 
 void row_ce_grad(double* g, const double* x, int64_t C, double lse, double c, int64_t y) {
@@ -565,15 +574,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
               [&](int64_t t, int64_t b, int64_t r,
                   std::vector<acc_t>& buf) -> std::pair<acc_t, acc_t> {
                 const scalar_t* row = x + t * st + b * sb;
-                acc_t l = s.C > 0 ? row_logsumexp(row_as_acc<scalar_t, acc_t>(row, s.C, buf), s.C)
-                                  : -std::numeric_limits<acc_t>::infinity();
-                lse_p[r] = l;
+                const RowLse<acc_t> l =
+                    s.C > 0 ? row_logsumexp(row_as_acc<scalar_t, acc_t>(row, s.C, buf), s.C)
+                            : RowLse<acc_t>{-std::numeric_limits<acc_t>::infinity(), acc_t(0)};
+                lse_p[r] = l.lse();
                 const int64_t y = rt.y(t, b);
                 const auto w = row_weight(rt, y, r, bad);
                 if (!w) {
                   return {acc_t(0), acc_t(0)};
                 }
-                return {seq_ce_row_loss(l, acc_t(row[y]), *w), *w};
+                return {seq_ce_row_loss(l.m, l.log_sum, acc_t(row[y]), *w), *w};
               });
           bad.raise_if_any(op, rt, target_batch_first);
           finish_outputs<scalar_t>(loss, total_weight, reduction, sums.first, sums.second);

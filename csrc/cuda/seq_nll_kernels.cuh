@@ -128,16 +128,17 @@ __device__ __forceinline__ void lse_merge(acc_t& m, acc_t& s, acc_t mo, acc_t so
   m = mn;
 }
 
-// The log-sum-exp of a row of C values from its merged state. A row whose max is infinite gets
-// what the two-pass formula m + log(sum exp(x - m)) of the CPU kernels gives: NaN (+inf:
-// exp(inf - inf); all -inf: exp(-inf - -inf)); an empty row (C = 0), -inf.
+// log_sum = log(sum exp(x - m)) of a row of C values from its merged state (lse = m + log_sum;
+// the loss takes the two parts, seq_ce_row_loss). A row whose max is infinite gets what the
+// two-pass formula of the CPU kernels gives: NaN (+inf: exp(inf - inf); all -inf:
+// exp(-inf - -inf)); an empty row (C = 0), log(0) = -inf, so lse -inf.
 template <typename acc_t>
-__device__ __forceinline__ acc_t lse_finish(acc_t m, acc_t s, int64_t C) {
+__device__ __forceinline__ acc_t lse_log_sum(acc_t m, acc_t s, int64_t C) {
   constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
   if (m == kInf || (m == -kInf && C > 0)) {
     return std::numeric_limits<acc_t>::quiet_NaN();
   }
-  return m + log(s);
+  return log(s);
 }
 
 // Log-sum-exp of each row (saved) and the cross-entropy loss, one warp per row, one pass over
@@ -167,10 +168,10 @@ __global__ void ce_forward_kernel(const scalar_t* __restrict__ x, int64_t xst, i
     if (lane != 0) {
       continue;
     }
-    const acc_t lse = lse_finish(m, sum, tg.C);
-    lse_out[r] = lse;
+    const acc_t log_sum = lse_log_sum(m, sum, tg.C);
+    lse_out[r] = m + log_sum;
     finish_forward_row(tg, out, T, r, t, b, bad, [&](int64_t y, acc_t w) {
-      return seq_ce_row_loss(lse, static_cast<acc_t>(row[y * xsc]), w);
+      return seq_ce_row_loss(m, log_sum, static_cast<acc_t>(row[y * xsc]), w);
     });
   }
 }
