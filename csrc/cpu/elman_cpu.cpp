@@ -28,6 +28,7 @@
 #include <tuple>
 
 #include "elman.h"
+#include "vec_math.h"
 
 namespace rnn_ext {
 namespace {
@@ -190,11 +191,42 @@ bool zero_product(const at::Tensor& h_0, const at::Tensor& factor) {
   return all_zero(h_0) && all_finite(factor);
 }
 
+// tanh in place over n contiguous floats (cpu_math::tanh_float), in blocks of kLanes with a
+// fixed-size inner loop that the compiler vectorises; the last, partial block goes through a
+// local block, so no element takes a scalar path.
+RNN_EXT_ROW_CLONES void tanh_inplace(float* p, int64_t n) {
+  constexpr int64_t kLanes = 16;
+  const int64_t full = n / kLanes * kLanes;
+  for (int64_t i = 0; i < full; i += kLanes) {
+#pragma omp simd
+    for (int64_t k = 0; k < kLanes; ++k) {
+      p[i + k] = cpu_math::tanh_float(p[i + k]);
+    }
+  }
+  if (full < n) {
+    float tail[kLanes] = {};
+    std::copy(p + full, p + n, tail);
+#pragma omp simd
+    for (int64_t k = 0; k < kLanes; ++k) {
+      tail[k] = cpu_math::tanh_float(tail[k]);
+    }
+    std::copy(tail, tail + (n - full), p + full);
+  }
+}
+
+// phi(t) in place. Contiguous float32 tanh, the common case, takes tanh_inplace: ATen's tanh_
+// (Sleef) ran at 3.8 ns per element on an AVX2-only AMD EPYC, 12% of a forward + backward at
+// the lesson's shape (T8 B512 I42 H256); other dtypes take ATen's.
 void activate_(at::Tensor& t, Activation act) {
-  if (act == Activation::Tanh) {
-    t.tanh_();
-  } else {
+  if (act != Activation::Tanh) {
     t.relu_();
+  } else if (t.scalar_type() == at::kFloat && t.is_contiguous()) {
+    float* p = t.data_ptr<float>();
+    at::parallel_for(0, t.numel(), kGrain, [&](int64_t a, int64_t b) {
+      tanh_inplace(p + a, b - a);
+    });
+  } else {
+    t.tanh_();
   }
 }
 

@@ -34,21 +34,10 @@
 #include <vector>
 
 #include "seq_nll.h"
+#include "vec_math.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
-#endif
-
-// The float row loops are compiled for several instruction sets and picked at load time
-// (GCC / Clang function multi-versioning), so that a portable build still uses AVX2 / AVX-512.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define RNN_EXT_ROW_CLONES \
-  __attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-#endif
-#ifndef RNN_EXT_ROW_CLONES
-#define RNN_EXT_ROW_CLONES
 #endif
 
 namespace rnn_ext {
@@ -62,41 +51,10 @@ int64_t rows_per_block(int64_t elements_per_row) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Row math for float: exp by range reduction and a polynomial, written so that the compiler
-// vectorises the loops (std::exp is a library call it cannot vectorise without -ffast-math).
+// Row math for float, vectorised by the compiler (exp_nonpositive: vec_math.h). The arguments
+// of exp are x - max and x - lse, never positive with a consistent lse.
 
-// exp(x) for the x <= 0 this file needs (x - max, x - lse): relative error about 2e-7
-// (2^n * Taylor of degree 7 on |r| <= ln2/2); 0 below -87 (true value < 1.7e-38); x > 0 is
-// clamped to 0 (never happens with a consistent lse). NaN stays NaN: it flows through the
-// polynomial (the float -> int conversion of NaN gives the "integer indefinite" value on x86,
-// which only scales the NaN).
-// Always inlined: the multi-versioned row functions below must inline it to vectorise it.
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-inline float exp_nonpositive(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693145751953125f;  // ln 2 = kLn2Hi + kLn2Lo, kLn2Hi exact in float
-  constexpr float kLn2Lo = 1.42860682030941723212e-6f;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds
-  float xc = x < -87.0f ? -87.0f : x;
-  xc = xc > 0.0f ? 0.0f : xc;
-  const float n = (xc * kLog2e + kRound) - kRound;  // in [-126, 0]
-  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  // 2^n from its bits (memcpy, a builtin: inlined into every multi-versioned caller)
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : p * scale;
-}
+using cpu_math::exp_nonpositive;
 
 // The float rows are walked in blocks of kLanes with fixed-size inner loops (which the compiler
 // turns into vector instructions); the last, partial block is padded into a local block, so no
