@@ -172,14 +172,21 @@ def test_cpu_float32_tanh_within_two_ulps():
     a = torch.cat([a, torch.zeros(-a.numel() % H)]).reshape(-1, H)
     got = _tanh_through_forward(a, torch.eye(H)).double()
     ref = torch.tanh(a.double())
-    ref32 = ref.abs().float()
-    ulp = (torch.nextafter(ref32, torch.tensor(float("inf"))) - ref32).double()
+    # One ulp: the float32 spacing in the binade of the exact value (2^-149 below the normals).
+    exponent = torch.frexp(ref.abs())[1]  # |ref| in [2^(e-1), 2^e)
+    ulp = torch.pow(2.0, (exponent - 24).clamp(min=-149).double())
     err = (got - ref).abs() / ulp
     worst = err.argmax()
     assert err.max() <= 2.0, f"{err.max():.2f} ulps at tanh({a.flatten()[worst].item()!r})"
     special = torch.tensor([[float("inf"), float("-inf"), float("nan"), 0.0, 30.0, -30.0]])
     torch.testing.assert_close(_tanh_through_forward(special, None), torch.tanh(special),
                                equal_nan=True, rtol=0, atol=0)
+    # tanh(-0) = -0 (the pre-activation -0 * 1 + -0 is -0: relu passes it on as -0).
+    args = (torch.full((1, 1, 1), -0.0), torch.zeros(1, 1), torch.ones(1, 1), torch.zeros(1, 1),
+            torch.tensor([-0.0]), None)
+    for act in ("relu", "tanh"):
+        out = torch.ops.rnn_ext.elman_forward(*args, act, False, None)[0]
+        assert out.item() == 0.0 and torch.signbit(out).item(), (act, out)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
