@@ -49,12 +49,12 @@ def _cuda_decision():
 def _extension():
     debug = os.environ.get("RNN_EXT_DEBUG", "0") not in ("", "0")
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    # -fno-trapping-math: the loss kernels' float rows (csrc/cpu/seq_nll_cpu.cpp) vectorise only
-    # if GCC may compute both sides of their selects (clamps in exp); under the default
-    # -ftrapping-math it vectorised them for AVX-512 (masked) but not for AVX2 or SSE, and the
-    # cross-entropy ran 4x slower than F.cross_entropy on an AVX2-only AMD EPYC. The flag only
-    # lets the compiler ignore floating-point exception flags; IEEE results (NaN, inf, signed
-    # zeros, rounding) are unchanged, unlike -ffast-math.
+    # -fno-trapping-math: the CPU kernels' float loops (exp in the loss rows, tanh in the
+    # forward: csrc/cpu/vec_math.h) vectorise only if GCC may compute both sides of their
+    # selects; under the default -ftrapping-math it vectorised them for AVX-512 (masked) but not
+    # for AVX2 or SSE, and the cross-entropy ran 4x slower than F.cross_entropy on an AVX2-only
+    # AMD EPYC. The flag only lets the compiler ignore floating-point exception flags; IEEE
+    # results (NaN, inf, signed zeros, rounding) are unchanged, unlike -ffast-math.
     cxx = [*opt, "-fopenmp", "-fvisibility=hidden", "-fno-trapping-math"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
