@@ -143,18 +143,19 @@ def test_chunked_backward_and_zero_h_0_match_nn_rnn(T, B, I, H, with_lengths, h0
                       _grads((out_ref, hn_ref), inputs, (gy, gh)), dtype)
 
 
-def _tanh_through_forward(a, weight_ih):
-    """phi(a) as the CPU forward computes it: one step, h_0 = 0, W_hh = 0; a (N, H) float32
-    given either as the input (weight_ih the identity) or as bias_ih (weight_ih zero)."""
+def _tanh_through_forward(a, via_bias=False):
+    """tanh(a) as the CPU forward computes it: one step, h_0 = 0, W_hh = 0; a (N, H) float32
+    given as the input with weight_ih the identity, or (via_bias) as bias_ih with the input and
+    weight_ih zero, so that the pre-activation 0 @ 0 + a keeps inf and NaN."""
     N, H = a.shape
     h_0, w_hh = torch.zeros(N, H), torch.zeros(H, H)
-    if weight_ih is None:  # a in the bias: the pre-activation 0 @ 0 + a keeps inf and NaN
+    if via_bias:
         x, w, b = torch.zeros(1, N, H), torch.zeros(H, H), a
         return torch.stack([torch.ops.rnn_ext.elman_forward(x[:, i:i + 1], h_0[i:i + 1], w,
                                                             w_hh, b[i], None, "tanh", False,
                                                             None)[0][0, 0] for i in range(N)])
-    out, _ = torch.ops.rnn_ext.elman_forward(a.unsqueeze(0), h_0, weight_ih, w_hh, None, None,
-                                             "tanh", False, None)
+    out, _ = torch.ops.rnn_ext.elman_forward(a.unsqueeze(0), h_0, torch.eye(H), w_hh, None,
+                                             None, "tanh", False, None)
     return out[0]
 
 
@@ -170,7 +171,7 @@ def test_cpu_float32_tanh_within_two_ulps():
              torch.tensor([1e-45, -1e-45, 3e-40, 0.0, 50.0, -50.0, 1e30, -1e30])]
     a = torch.cat(parts)
     a = torch.cat([a, torch.zeros(-a.numel() % H)]).reshape(-1, H)
-    got = _tanh_through_forward(a, torch.eye(H)).double()
+    got = _tanh_through_forward(a).double()
     ref = torch.tanh(a.double())
     # One ulp: the float32 spacing in the binade of the exact value (2^-149 below the normals).
     exponent = torch.frexp(ref.abs())[1]  # |ref| in [2^(e-1), 2^e)
@@ -179,7 +180,7 @@ def test_cpu_float32_tanh_within_two_ulps():
     worst = err.argmax()
     assert err.max() <= 2.0, f"{err.max():.2f} ulps at tanh({a.flatten()[worst].item()!r})"
     special = torch.tensor([[float("inf"), float("-inf"), float("nan"), 0.0, 30.0, -30.0]])
-    torch.testing.assert_close(_tanh_through_forward(special, None), torch.tanh(special),
+    torch.testing.assert_close(_tanh_through_forward(special, via_bias=True), torch.tanh(special),
                                equal_nan=True, rtol=0, atol=0)
     # tanh(-0) = -0 (the pre-activation -0 * 1 + -0 is -0: relu passes it on as -0).
     args = (torch.full((1, 1, 1), -0.0), torch.zeros(1, 1), torch.ones(1, 1), torch.zeros(1, 1),

@@ -166,9 +166,9 @@ bool all_finite(const at::Tensor& t) {
     const at::Tensor tc = t.contiguous();
     const scalar_t* p = tc.const_data_ptr<scalar_t>();
     const int64_t n = tc.numel();
-    // x * 0 is 0 for a finite x and NaN for inf or NaN; 16 independent lanes, so that the
-    // loop vectorises without reassociating a sum.
-    constexpr int64_t kLanes = 16;
+    // x * 0 is 0 for a finite x and NaN for inf or NaN; cpu_math::kLanes independent lanes, so
+    // that the loop vectorises without reassociating a sum.
+    using cpu_math::kLanes;
     acc_t lanes[kLanes] = {};
     int64_t k = 0;
     for (; k + kLanes <= n; k += kLanes) {
@@ -191,11 +191,11 @@ bool zero_product(const at::Tensor& h_0, const at::Tensor& factor) {
   return all_zero(h_0) && all_finite(factor);
 }
 
-// tanh in place over n contiguous floats (cpu_math::tanh_float), in blocks of kLanes with a
-// fixed-size inner loop that the compiler vectorises; the last, partial block goes through a
-// local block, so no element takes a scalar path.
+// tanh in place over n contiguous floats (cpu_math::tanh_float), in blocks of
+// cpu_math::kLanes; the last, partial block goes through a local block, so no element takes a
+// scalar path.
 RNN_EXT_ROW_CLONES void tanh_inplace(float* p, int64_t n) {
-  constexpr int64_t kLanes = 16;
+  using cpu_math::kLanes;
   const int64_t full = n / kLanes * kLanes;
   for (int64_t i = 0; i < full; i += kLanes) {
 #pragma omp simd

@@ -56,10 +56,10 @@ int64_t rows_per_block(int64_t elements_per_row) {
 
 using cpu_math::exp_nonpositive;
 
-// The float rows are walked in blocks of kLanes with fixed-size inner loops (which the compiler
-// turns into vector instructions); the last, partial block is padded into a local block, so no
-// element goes through a scalar loop. Lanes are added at the end.
-constexpr int64_t kLanes = 16;
+// The float rows are walked in blocks of cpu_math::kLanes (vec_math.h); the last, partial block
+// is padded into a local block, so no element goes through a scalar loop. Lanes are added at
+// the end.
+using cpu_math::kLanes;
 
 // The log-sum-exp of a row in two parts: its max m and log_sum = log(sum exp(x - m)), so that
 // the loss can be formed at its own magnitude (seq_ce_row_loss) and lse = m + log_sum saved.

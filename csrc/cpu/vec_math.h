@@ -30,6 +30,11 @@
 namespace rnn_ext {
 namespace cpu_math {
 
+// Elements per block of the vectorised loops: they walk their data in blocks of kLanes with
+// fixed-size inner loops (independent lanes, which the compiler turns into vector instructions:
+// one AVX-512 register, two AVX2, four SSE), a partial last block padded into a local block.
+constexpr int64_t kLanes = 16;
+
 // exp(x) for x <= 0: relative error about 2e-7 (2^n * Taylor of degree 7 on |r| <= ln2/2);
 // 0 below -87 (true value < 1.7e-38); x > 0 is clamped to 0 (the callers never pass one). NaN
 // stays NaN: it flows through the polynomial (the float -> int conversion of NaN gives the
