@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from cuda_cases import REL_TOL, confident_rows, make_args, rel_err
+from native_build import load_test_module
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -55,50 +54,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-STALE_LOCK_S = 15 * 60  # a build of the module takes about a minute, 3 on a busy machine
-
-
 @pytest.fixture(scope="module")
 def emu():
-    """The emulation module, built once (torch.utils.cpp_extension.load, ~1 min cold), in a
-    build directory of its own per torch version: torch up to 2.13 or so waits while a file
-    named `lock` exists there (FileBaton), newer torch leaves that file behind after every
-    build (it holds an OS lock on it instead), so a shared directory made the older torch wait
-    forever. Where the torch in use waits on the file, a lock older than STALE_LOCK_S (left by
-    a build killed midway) is removed, with a warning."""
-    import time
-    import warnings
-
-    from torch.utils import cpp_extension
-    from torch.utils.cpp_extension import load
-
-    name = "rnn_ext_cuda_emu"
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch_extensions")
-    py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    build_dir = Path(root) / f"{name}_{py}_torch{torch.__version__.replace('+', '_')}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    lock = build_dir / "lock"
-    if hasattr(cpp_extension, "FileBaton"):  # this torch waits while the file exists
-        try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:
-            age = 0.0
-        if age > STALE_LOCK_S:
-            warnings.warn(f"removing a stale build lock {lock} (a build killed midway?)")
-            lock.unlink(missing_ok=True)
-    return load(
-        name=name,
+    """The emulation module, built once (tests/native_build.py)."""
+    return load_test_module(
+        "rnn_ext_cuda_emu",
         # The host code's non-CUDA dependencies: the shared argument checks and the
         # whole-sequence gradients (elman_cuda.cu and seq_nll_cuda.cu are included by the
         # two *_emu.cpp files).
-        sources=[str(EMU_DIR / "elman_emu.cpp"), str(EMU_DIR / "seq_nll_emu.cpp"),
-                 str(CSRC / "elman_checks.cpp"), str(CSRC / "elman_grads.cpp"),
-                 str(CSRC / "seq_nll_checks.cpp")],
-        extra_include_paths=[str(CSRC)],
+        [EMU_DIR / "elman_emu.cpp", EMU_DIR / "seq_nll_emu.cpp", CSRC / "elman_checks.cpp",
+         CSRC / "elman_grads.cpp", CSRC / "seq_nll_checks.cpp"],
+        include_dirs=[CSRC],
         extra_cflags=["-O2", "-Wno-unknown-pragmas", "-DRNN_EXT_CUDA_EMULATION"],
-        build_directory=str(build_dir),
-        verbose=os.environ.get("RNN_EXT_EMU_VERBOSE", "0") not in ("", "0"),
     )
 
 

@@ -683,3 +683,67 @@ def test_ignore_index_out_of_int64_or_not_an_int(bad, error, match):
         rnn_ext.seq_cross_entropy(lp, t, ignore_index=torch.tensor(True))
     assert torch.equal(rnn_ext.seq_nll_loss(lp, t, ignore_index=2 ** 63 - 1),
                        rnn_ext.seq_nll_loss(lp, t, ignore_index=-100))
+
+
+@pytest.fixture(scope="module")
+def loss_rows():
+    """csrc/cpu/loss_rows.h compiled at every vector width (tests/cpu_vec/), for this machine."""
+    import shutil
+    from pathlib import Path
+
+    from native_build import load_test_module
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "csrc" / "cpu" / "loss_rows.h").is_file() or shutil.which("c++") is None:
+        pytest.skip("needs the source checkout (csrc/) and a C++ compiler")
+    return load_test_module(
+        "rnn_ext_loss_rows", [root / "tests" / "cpu_vec" / "loss_rows_ext.cpp"],
+        include_dirs=[root / "csrc"], extra_cflags=["-O2", "-fno-trapping-math", "-Wno-psabi"])
+
+
+def _special_rows(C, gen):
+    """float32 rows (R, C) of length C: random at several scales, and rows whose max or NaN
+    sits in a full block and in the padded last one, all -inf, a +inf, -inf beside finite."""
+    rows = [torch.randn(C, generator=gen) * s for s in (1.0, 30.0, 1000.0)]
+    for pos in sorted({0, C // 2, C - 1}):
+        r = torch.randn(C, generator=gen)
+        r[pos] = 40.0  # the max
+        rows.append(r)
+        for v in (float("nan"), float("inf"), -float("inf")):
+            r = torch.randn(C, generator=gen)
+            r[pos] = v
+            rows.append(r)
+    rows.append(torch.full((C,), -float("inf")))
+    return torch.stack(rows).float()
+
+
+@pytest.mark.parametrize("W", [4, 8, 16])
+@pytest.mark.parametrize("C", [1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 85, 1000])
+def test_cpu_float_rows_at_every_vector_width(loss_rows, W, C):
+    """The float rows of the CPU cross-entropy at the vector width of each instruction set
+    (16: AVX-512, 8: AVX2, 4: others), lengths around each block size: log-sum-exp (its max and
+    log_sum) and the gradient against float64. The reference is log_softmax's (F.cross_entropy):
+    m + log(sum(exp(x - m))) with m the row's max, so a row holding NaN or +inf, or all -inf,
+    is NaN (torch.logsumexp gives +-inf for the last two)."""
+    gen = torch.Generator().manual_seed(C * 100 + W)
+    x = _special_rows(C, gen)
+    m, log_sum = loss_rows.logsumexp_rows(x, W)
+    xd = x.double()
+    m_ref = xd.max(dim=1, keepdim=True).values
+    ls_ref = torch.log(torch.exp(xd - m_ref).sum(dim=1))
+    ref = m_ref.squeeze(1) + ls_ref
+    assert torch.equal((m + log_sum).isnan(), ref.isnan())
+    finite = ref.isfinite()
+    assert finite.sum() >= 3 + min(C, 3)  # the random rows and those with a max of 40
+    assert torch.equal(m[finite].double(), m_ref.squeeze(1)[finite])  # exactly the max
+    torch.testing.assert_close(log_sum[finite].double(), ls_ref[finite], rtol=1e-6, atol=2e-7)
+    torch.testing.assert_close((m + log_sum)[finite].double(), ref[finite], rtol=2e-7, atol=0)
+    xf = x[finite]
+
+    y = torch.randint(0, C, (int(finite.sum()),), generator=gen)
+    c = torch.rand(y.shape, generator=gen) * 4 - 2
+    lse = (m + log_sum)[finite]
+    g = loss_rows.ce_grad_rows(xf.contiguous(), lse.contiguous(), c, y, W)
+    onehot = F.one_hot(y, C).double()
+    g_ref = c.double()[:, None] * (onehot - torch.exp(xf.double() - lse.double()[:, None]))
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-6, atol=1e-7)

@@ -33,8 +33,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "loss_rows.h"
 #include "seq_nll.h"
-#include "vec_math.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -51,101 +51,27 @@ int64_t rows_per_block(int64_t elements_per_row) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Row math for float, vectorised by the compiler (exp_nonpositive: vec_math.h). The arguments
-// of exp are x - max and x - lse, never positive with a consistent lse.
+// Row math. float: loss_rows.h, defined once per instruction set with the vector width of its
+// registers (vec_math.h: RNN_EXT_VEC_MULTIVERSION), the best one picked at load time.
 
-using cpu_math::exp_nonpositive;
+using cpu_rows::RowLse;
 
-// The float rows are walked in blocks of cpu_math::kLanes (vec_math.h); the last, partial block
-// is padded into a local block, so no element goes through a scalar loop. Lanes are added at
-// the end.
-using cpu_math::kLanes;
-
-// The log-sum-exp of a row in two parts: its max m and log_sum = log(sum exp(x - m)), so that
-// the loss can be formed at its own magnitude (seq_ce_row_loss) and lse = m + log_sum saved.
-template <typename acc_t>
-struct RowLse {
-  acc_t m, log_sum;
-  acc_t lse() const { return m + log_sum; }
-};
-
-// log-sum-exp of one contiguous row of C >= 1 floats.
-RNN_EXT_ROW_CLONES RowLse<float> row_logsumexp(const float* x, int64_t C) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  const int64_t full = C / kLanes * kLanes;
-  float tail[kLanes];
-  for (int64_t k = 0; k < kLanes; ++k) {
-    tail[k] = full + k < C ? x[full + k] : kNegInf;
+#define RNN_EXT_FLOAT_ROWS(TARGET, W)                                                          \
+  TARGET RowLse<float> row_logsumexp(const float* x, int64_t C) {                              \
+    return cpu_rows::row_logsumexp<W>(x, C);                                                   \
+  }                                                                                            \
+  TARGET void row_ce_grad(float* g, const float* x, int64_t C, float lse, float c, int64_t y) { \
+    cpu_rows::row_ce_grad<W>(g, x, C, lse, c, y);                                              \
   }
-  float mv[kLanes];
-  for (int64_t k = 0; k < kLanes; ++k) {
-    mv[k] = tail[k];
-  }
-  for (int64_t i = 0; i < full; i += kLanes) {
-#pragma omp simd
-    for (int64_t k = 0; k < kLanes; ++k) {
-      mv[k] = x[i + k] > mv[k] ? x[i + k] : mv[k];
-    }
-  }
-  for (int64_t w = kLanes / 2; w > 0; w /= 2) {  // lanes pairwise: a tree, not a chain
-    for (int64_t k = 0; k < w; ++k) {
-      mv[k] = mv[k + w] > mv[k] ? mv[k + w] : mv[k];
-    }
-  }
-  const float m = mv[0];
-  if (std::isinf(m)) {
-    // All -inf or a +inf: exp(-inf - -inf), exp(inf - inf) make log_sum NaN, as PyTorch.
-    double s = 0;
-    for (int64_t i = 0; i < C; ++i) {
-      s += std::exp(static_cast<double>(x[i]) - m);
-    }
-    return {m, static_cast<float>(std::log(s))};
-  }
-  float sv[kLanes];
-#pragma omp simd
-  for (int64_t k = 0; k < kLanes; ++k) {
-    sv[k] = exp_nonpositive(tail[k] - m);
-  }
-  for (int64_t i = 0; i < full; i += kLanes) {
-#pragma omp simd
-    for (int64_t k = 0; k < kLanes; ++k) {
-      sv[k] += exp_nonpositive(x[i + k] - m);
-    }
-  }
-  for (int64_t w = kLanes / 2; w > 0; w /= 2) {
-    for (int64_t k = 0; k < w; ++k) {
-      sv[k] += sv[k + w];
-    }
-  }
-  return {m, std::log(sv[0])};
-}
-
-// grad[i] = c * ([i == y] - exp(x[i] - lse)) for one contiguous row.
-RNN_EXT_ROW_CLONES void row_ce_grad(float* g, const float* x, int64_t C, float lse, float c,
-                                    int64_t y) {
-  const float minus_c = -c;
-  const int64_t full = C / kLanes * kLanes;
-  for (int64_t i = 0; i < full; i += kLanes) {
-#pragma omp simd
-    for (int64_t k = 0; k < kLanes; ++k) {
-      g[i + k] = minus_c * exp_nonpositive(x[i + k] - lse);
-    }
-  }
-  if (full < C) {
-    float tail[kLanes];
-    for (int64_t k = 0; k < kLanes; ++k) {
-      tail[k] = full + k < C ? x[full + k] : lse;
-    }
-#pragma omp simd
-    for (int64_t k = 0; k < kLanes; ++k) {
-      tail[k] = minus_c * exp_nonpositive(tail[k] - lse);
-    }
-    for (int64_t k = 0; full + k < C; ++k) {
-      g[full + k] = tail[k];
-    }
-  }
-  g[y] = seq_ce_grad(exp_nonpositive(x[y] - lse), true, c);
-}
+#if RNN_EXT_VEC_MULTIVERSION
+RNN_EXT_FLOAT_ROWS(__attribute__((target("avx512f"))), 16)
+RNN_EXT_FLOAT_ROWS(__attribute__((target("arch=x86-64-v3"))), 8)  // AVX2 and FMA
+RNN_EXT_FLOAT_ROWS(__attribute__((target("avx2"))), 8)
+RNN_EXT_FLOAT_ROWS(__attribute__((target("default"))), 4)
+#else
+RNN_EXT_FLOAT_ROWS(, 4)
+#endif
+#undef RNN_EXT_FLOAT_ROWS
 
 // The same in double, with libm's exp.
 RowLse<double> row_logsumexp(const double* x, int64_t C) {
