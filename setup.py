@@ -56,8 +56,9 @@ def _extension():
     # AMD EPYC. The flag only lets the compiler ignore floating-point exception flags; IEEE
     # results (NaN, inf, signed zeros, rounding) are unchanged, unlike -ffast-math.
     # -Wno-psabi: the loss rows' vectors (csrc/cpu/vec_math.h, Vec<W>) are wider than the
-    # baseline target's registers; they pass only between always-inlined functions, so GCC's
-    # note that such arguments are passed differently per target does not apply.
+    # baseline target's registers, and GCC notes that such arguments are passed differently per
+    # target. They pass only between functions of one source file (always inlined from -O1 on),
+    # all compiled with the same flags, so caller and callee agree.
     cxx = [*opt, "-fopenmp", "-fvisibility=hidden", "-fno-trapping-math", "-Wno-psabi"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "autograd", "*.cpp")))

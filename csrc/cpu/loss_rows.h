@@ -45,7 +45,8 @@ RNN_EXT_ALWAYS_INLINE float reduce_lanes(typename cpu_math::Vec<W>::F v, Op op) 
 
 // log-sum-exp of one contiguous row of C >= 1 floats. Each pass (max, then sum) keeps two
 // accumulators (two independent chains of vector operations). The order of the additions
-// depends on W only: the same on every machine that picks the same W.
+// depends on W only, but the last bits also on whether the compiler contracted to FMA: the same
+// on every machine that picks the same definition in seq_nll_cpu.cpp.
 template <int W>
 RNN_EXT_ALWAYS_INLINE RowLse<float> row_logsumexp(const float* x, int64_t C) {
   using cpu_math::exp_nonpositive;

@@ -65,7 +65,9 @@ using cpu_rows::RowLse;
   }
 #if RNN_EXT_VEC_MULTIVERSION
 RNN_EXT_FLOAT_ROWS(__attribute__((target("avx512f"))), 16)
+#if RNN_EXT_HAS_X86_64_V3
 RNN_EXT_FLOAT_ROWS(__attribute__((target("arch=x86-64-v3"))), 8)  // AVX2 and FMA
+#endif
 RNN_EXT_FLOAT_ROWS(__attribute__((target("avx2"))), 8)
 RNN_EXT_FLOAT_ROWS(__attribute__((target("default"))), 4)
 #else
@@ -253,7 +255,10 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_cpu(
   const Reduction reduction = parse_reduction(reduction_str, op);
   const SeqLossSizes s =
       check_seq_loss_args(op, "log_probs", log_probs, target, weight, target_batch_first);
-  auto [loss, total_weight] = make_outputs(log_probs, s, reduction, target_batch_first);
+  // std::tie, not a structured binding: the lambdas below capture these, which Clang accepts
+  // only from version 16.
+  at::Tensor loss, total_weight;
+  std::tie(loss, total_weight) = make_outputs(log_probs, s, reduction, target_batch_first);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, log_probs.scalar_type(), "seq_nll_loss_forward_cpu", [&] {
         RNN_EXT_DISPATCH_TARGET(target, "seq_nll_loss_forward_cpu", [&] {
@@ -440,7 +445,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
   const Reduction reduction = parse_reduction(reduction_str, op);
   const SeqLossSizes s =
       check_seq_loss_args(op, "logits", logits_in, target, weight, target_batch_first);
-  auto [loss, total_weight] = make_outputs(logits_in, s, reduction, target_batch_first);
+  at::Tensor loss, total_weight;  // std::tie: see seq_nll_loss_forward_cpu
+  std::tie(loss, total_weight) = make_outputs(logits_in, s, reduction, target_batch_first);
   auto lse = at::empty({s.T, s.B}, total_weight.options());
   const at::Tensor logits = rows_contiguous(logits_in);
   AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -12,10 +12,16 @@
 
 // The loops that call these are compiled for several instruction sets and picked at load time
 // (GCC / Clang function multi-versioning), so that a portable build still uses AVX2 / AVX-512.
+// GCC's "arch=x86-64-v3" version is AVX2 with FMA, picked on any CPU that has both (Intel and
+// AMD alike; the "avx2" one has no FMA, and "arch=haswell" would be picked only on Intel). GCC
+// dispatches to it from version 12 (11 stops with "no dispatcher found"); Clang does not.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#define RNN_EXT_HAS_X86_64_V3 1
+#else
+#define RNN_EXT_HAS_X86_64_V3 0
+#endif
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-// GCC's "arch=x86-64-v3" clone is AVX2 with FMA, picked on any CPU that has both (Intel and
-// AMD alike; the "avx2" clone has no FMA, and "arch=haswell" would be picked only on Intel).
-#if __has_attribute(target_clones) && !defined(__clang__)
+#if __has_attribute(target_clones) && RNN_EXT_HAS_X86_64_V3
 #define RNN_EXT_ROW_CLONES \
   __attribute__((target_clones("avx512f", "arch=x86-64-v3", "avx2", "default")))
 #elif __has_attribute(target_clones)
@@ -117,8 +123,8 @@ RNN_EXT_ALWAYS_INLINE auto to_int(V v) {
 
 // exp(x) for x <= 0, for a float or a Vec<W>::F: relative error about 2e-7 (2^n * Taylor of
 // degree 7 on |r| <= ln2/2); 0 below -87 (true value < 1.7e-38); x > 0 is clamped to 0 (the
-// callers never pass one). NaN stays NaN: it flows through the polynomial (the float -> int
-// conversion of NaN gives the "integer indefinite" value on x86, which only scales the NaN).
+// callers never pass one). NaN gives NaN: the polynomial runs on 0 in its place (a float -> int
+// conversion of NaN would be undefined behaviour), and x - x adds the NaN back at the end.
 template <typename V>
 RNN_EXT_ALWAYS_INLINE V exp_nonpositive(V x) {
   constexpr float kLog2e = 1.44269504088896341f;
@@ -127,7 +133,7 @@ RNN_EXT_ALWAYS_INLINE V exp_nonpositive(V x) {
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds
   const V zero = V{};
   V xc = select(x < -87.0f, zero - 87.0f, x);
-  xc = select(xc > 0.0f, zero, xc);
+  xc = select(xc <= 0.0f, xc, zero);  // also NaN -> 0, so that n converts to an int (no UB)
   const V n = (xc * kLog2e + kRound) - kRound;  // in [-126, 0]
   const V r = (xc - n * kLn2Hi) - n * kLn2Lo;
   V p = zero + 1.0f / 5040.0f;
@@ -139,7 +145,7 @@ RNN_EXT_ALWAYS_INLINE V exp_nonpositive(V x) {
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   const V scale = bit_cast<V>((to_int(n) + 127) << 23);  // 2^n from its bits
-  return select(x < -87.0f, zero, p * scale);
+  return select(x < -87.0f, zero, p * scale + (x - x));  // x - x: 0, or NaN for a NaN x
 }
 
 // tanh(x), within 2 float32 ulps of the exact value: 1.57 at worst over every float32, checked
