@@ -1,6 +1,6 @@
 // The float rows of the CPU cross-entropy (seq_nll_cpu.cpp): log-sum-exp of a row, and a row's
 // gradient, in vectors of W floats (vec_math.h). seq_nll_cpu.cpp instantiates them once per
-// instruction set (W = 16 for AVX-512, 8 for AVX2, 4 otherwise; RNN_EXT_VEC_TARGETS);
+// instruction set (W = 16 for AVX-512, 8 for AVX2, 4 otherwise; RNN_EXT_VEC_MULTIVERSION);
 // tests/cpu_vec/ compiles every W for the machine that runs the tests, so that the widths its
 // CPU would not pick are checked too.
 //

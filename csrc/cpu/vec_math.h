@@ -60,8 +60,8 @@ constexpr int64_t kLanes = 16;
 // float operand is broadcast, a comparison gives a mask of int32 lanes (-1 or 0). Loops that
 // keep values in registers across iterations (the loss rows' running max and sum) use them,
 // rather than hope that the compiler keeps an array of lanes out of memory. W is chosen per
-// instruction set (RNN_EXT_VEC_TARGETS below): a vector wider than the target's registers is
-// still computed correctly, but GCC then lowers its comparisons to scalar code.
+// instruction set (RNN_EXT_VEC_MULTIVERSION above): a vector wider than the target's registers
+// is still computed correctly, but GCC then lowers its comparisons to scalar code.
 template <int W>
 struct Vec {
   typedef float F __attribute__((vector_size(4 * W)));
