@@ -65,7 +65,6 @@ constexpr int64_t kLanes = 16;
 template <int W>
 struct Vec {
   typedef float F __attribute__((vector_size(4 * W)));
-  typedef int32_t I __attribute__((vector_size(4 * W)));
 };
 
 template <typename V>
