@@ -77,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_autocast(
 }
 
 template <c10::DispatchKey kKey, c10::DeviceType kDevice>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_autocast(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_autocast(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, c10::string_view reduction, bool target_batch_first) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(kKey);

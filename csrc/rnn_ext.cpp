@@ -60,16 +60,17 @@ TORCH_LIBRARY(rnn_ext, m) {
       "seq_nll_loss_backward(Tensor grad_loss, Tensor log_probs, Tensor target, Tensor? weight, "
       "int ignore_index, str reduction, bool target_batch_first, Tensor total_weight) -> Tensor");
   // Sequence cross-entropy from raw logits (T, B, C): log-softmax and NLL in one pass.
-  // Returns loss, lse (T, B): the log-sum-exp of each row (all that backward needs), and
-  // total_weight.
+  // Returns loss, row_max and log_sum (T, B): each row's max m and log(sum exp(x - m)), the two
+  // parts of its log-sum-exp (all that backward needs), and total_weight.
   m.def(
       "seq_cross_entropy_forward(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
-      "str reduction, bool target_batch_first) -> (Tensor loss, Tensor lse, Tensor total_weight)");
+      "str reduction, bool target_batch_first) -> (Tensor loss, Tensor row_max, Tensor log_sum, "
+      "Tensor total_weight)");
   // Gradient of seq_cross_entropy_forward with respect to logits, (T, B, C).
   m.def(
       "seq_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
-      "int ignore_index, str reduction, bool target_batch_first, Tensor lse, "
-      "Tensor total_weight) -> Tensor");
+      "int ignore_index, str reduction, bool target_batch_first, Tensor row_max, "
+      "Tensor log_sum, Tensor total_weight) -> Tensor");
 
   // Diagnostics of the persistent CUDA kernels (CUDA kernels only; used by
   // rnn_ext.ops.cuda_persistent_plan and benchmarks/bench_cuda.py).

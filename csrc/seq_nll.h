@@ -12,10 +12,12 @@
 //   total_weight         scalar (), the sum of weight[y] over the rows whose target is not
 //                        ignore_index (the count of such rows without weight); computed for
 //                        every reduction
-//   lse (cross-entropy)  (T, B), the log-sum-exp of each row of logits
+//   row_max, log_sum     (cross-entropy) (T, B) each: each row's max m and log(sum exp(x - m)),
+//                        the two parts of its log-sum-exp m + log_sum, kept apart for the
+//                        backward's exp((x - m) - log_sum) (seq_ce_log_prob)
 //   grad_loss (backward) the loss's shape; grad of the input (T, B, C), contiguous
-// total_weight and lse have the "statistics dtype": float32 for bfloat16 / float16 inputs,
-// else the input's dtype.
+// total_weight, row_max and log_sum have the "statistics dtype": float32 for bfloat16 / float16
+// inputs, else the input's dtype.
 //
 // Semantics every backend keeps (the CPU kernels in csrc/cpu/seq_nll_cpu.cpp; tests in
 // tests/test_loss.py run on each device):
@@ -24,8 +26,9 @@
 //   * reduction none: loss[(t, b)] in the target's layout, 0 for ignored rows. sum: the sum of
 //     the rows. mean: sum / total_weight, NaN (0 / 0) when every row is ignored or the weights
 //     of the targets present are all 0. total_weight is written for every reduction.
-//   * cross-entropy: lse is written for every row, ignored ones included; the backward writes
-//     0 for ignored rows (without reading the logits) and seq_ce_grad elsewhere.
+//   * cross-entropy: row_max and log_sum are written for every row, ignored ones included; the
+//     backward writes seq_ce_ignored_grad (0, NaN for a row whose log_sum is NaN) for ignored
+//     rows, without reading the logits, and seq_ce_grad elsewhere.
 //   * backward: seq_loss_grad_scale times w (not "w / total_weight"): with total_weight = 0 a
 //     row of weight 0 gives NaN, as PyTorch.
 //   * a target out of [0, C) that is not ignore_index: IndexError from
@@ -54,7 +57,8 @@ struct SeqLossSizes {
 // "none" | "mean" | "sum"; anything else is a ValueError naming `op` (as F.nll_loss).
 Reduction parse_reduction(std::string_view reduction, const char* op);
 
-// The dtype of total_weight and lse for an input of dtype `dt` (float for half / bfloat16).
+// The dtype of total_weight, row_max and log_sum for an input of dtype `dt` (float for half /
+// bfloat16).
 at::ScalarType seq_loss_stat_dtype(at::ScalarType dt);
 
 // The target's shape, {B, T} or {T, B}.
@@ -74,7 +78,7 @@ SeqLossSizes check_seq_loss_args(
 
 // Checks the extra arguments of the backward operators: grad_loss (the loss's shape for the
 // reduction, the input's dtype and device), total_weight (a scalar of the statistics dtype) and,
-// when given, lse ((T, B), statistics dtype).
+// when given (cross-entropy), row_max and log_sum ((T, B) each, statistics dtype).
 void check_seq_loss_backward_args(
     const char* op,
     const SeqLossSizes& s,
@@ -83,7 +87,8 @@ void check_seq_loss_backward_args(
     Reduction reduction,
     bool target_batch_first,
     const at::Tensor& total_weight,
-    const at::Tensor* lse);
+    const at::Tensor* row_max,
+    const at::Tensor* log_sum);
 
 // Raises IndexError: target at time t, batch b (named in the target's own index order) holds
 // `value`, outside [0, C), and it is not ignore_index. For the kernels of every backend.

@@ -85,7 +85,8 @@ void check_seq_loss_backward_args(
     Reduction reduction,
     bool target_batch_first,
     const at::Tensor& total_weight,
-    const at::Tensor* lse) {
+    const at::Tensor* row_max,
+    const at::Tensor* log_sum) {
   const auto expected = reduction == Reduction::None ? seq_target_shape(s, target_batch_first)
                                                      : std::vector<int64_t>{};
   TORCH_CHECK(grad_loss.sizes() == at::IntArrayRef(expected), op,
@@ -104,13 +105,19 @@ void check_seq_loss_backward_args(
   TORCH_CHECK(total_weight.scalar_type() == stat && total_weight.device() == input.device(), op,
               ": expected total_weight of dtype ", stat, " on ", input.device(), ", but got ",
               total_weight.scalar_type(), " on ", total_weight.device());
-  if (lse != nullptr) {
-    TORCH_CHECK(lse->sizes() == at::IntArrayRef({s.T, s.B}), op,
-                ": expected lse of shape (T, B) = ", at::IntArrayRef({s.T, s.B}),
-                ", but got lse of shape ", lse->sizes());
-    TORCH_CHECK(lse->scalar_type() == stat && lse->device() == input.device(), op,
-                ": expected lse of dtype ", stat, " on ", input.device(), ", but got ",
-                lse->scalar_type(), " on ", lse->device());
+  // The cross-entropy's row statistics, saved by its forward.
+  const std::pair<const char*, const at::Tensor*> stats[] = {{"row_max", row_max},
+                                                              {"log_sum", log_sum}};
+  for (const auto& [name, stat_t] : stats) {
+    if (stat_t == nullptr) {
+      continue;
+    }
+    TORCH_CHECK(stat_t->sizes() == at::IntArrayRef({s.T, s.B}), op, ": expected ", name,
+                " of shape (T, B) = ", at::IntArrayRef({s.T, s.B}), ", but got ", name,
+                " of shape ", stat_t->sizes());
+    TORCH_CHECK(stat_t->scalar_type() == stat && stat_t->device() == input.device(), op,
+                ": expected ", name, " of dtype ", stat, " on ", input.device(), ", but got ",
+                stat_t->scalar_type(), " on ", stat_t->device());
   }
 }
 

@@ -6,14 +6,15 @@
 // w = weight[y] (1 without weight); an ignored row (y == ignore_index) has w = 0 and loss 0.
 //
 //   NLL:            loss_row = -w * log_probs[t, b, y]
-//   cross-entropy:  lse      = m + log(sum_c exp(x_c - m)),  m = max_c x_c
-//                   loss_row = w * ((m - x_y) + log(sum_c exp(x_c - m)))   (= w * (lse - x_y))
+//   cross-entropy:  m = max_c x_c, log_sum = log(sum_c exp(x_c - m))   (lse = m + log_sum)
+//                   loss_row = w * ((m - x_y) + log_sum)   (= w * (lse - x_y))
 //   reductions:     none -> loss_row at the target's position; sum -> sum of rows;
 //                   mean -> sum of rows / total_weight, total_weight = sum of w over the rows
 //                           that are not ignored (0 / 0 = NaN when every row is ignored).
 //   backward:       c = w * s, s = -(g / total_weight) (mean), -g (sum), -g[t, b] (none)
 //                   NLL:  grad[t, b, c'] = c if c' == y else 0   (ignored rows: all 0)
-//                   CE:   grad[t, b, c'] = c * ([c' == y] - exp(x_c' - lse))
+//                   CE:   grad[t, b, c'] = c * ([c' == y] - exp((x_c' - m) - log_sum))
+//                         ignored rows: 0, or NaN where log_sum is NaN (seq_ce_ignored_grad)
 // These are PyTorch's nll_loss forward/backward (aten/src/ATen/native/LossNLL.cpp) and
 // log_softmax's backward (grad - exp(output) * sum(grad)) composed for one-hot grads: the
 // order of the operations is kept so that the edge cases match (w = 0 with total_weight = 0
@@ -66,10 +67,31 @@ C10_HOST_DEVICE inline acc_t seq_loss_grad_scale(acc_t g, acc_t total_weight, Re
   return r == Reduction::Mean ? -(g / total_weight) : -g;
 }
 
-// Cross-entropy gradient of one element: c * ([is_target] - p), p = exp(x - lse), c = w * s.
+// The log-softmax of one element from its row's two statistics: (x - m) - log_sum, in the order
+// of log_softmax's forward (x - max - log(sum)), so that the softmax exp((x - m) - log_sum)
+// keeps log_sum's precision beside a large m. exp(x - lse) would not: lse = m + log_sum is
+// rounded at m's magnitude, and at |m| = 1e8 the float32 rounding drops log_sum whole (the
+// softmax of logits [1e8, 1e8, 0] would come out [1, 1, 0], not [0.5, 0.5, 0]).
+// Never positive for a consistent pair (x <= m, log_sum >= 0).
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t seq_ce_log_prob(acc_t x, acc_t m, acc_t log_sum) {
+  return (x - m) - log_sum;
+}
+
+// Cross-entropy gradient of one element: c * ([is_target] - p), p = exp(seq_ce_log_prob),
+// c = w * s.
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t seq_ce_grad(acc_t p, bool is_target, acc_t c) {
   return c * ((is_target ? acc_t(1) : acc_t(0)) - p);
+}
+
+// The cross-entropy gradient of every element of an ignored row: 0, or NaN when the row's
+// log_sum is NaN (the row holds a NaN, or its max is infinite), as F.cross_entropy's: there
+// log_softmax's backward multiplies the row's zero upstream gradient by exp(log_softmax), which
+// is NaN for every element of such a row.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t seq_ce_ignored_grad(acc_t log_sum) {
+  return log_sum != log_sum ? log_sum : acc_t(0);
 }
 
 }  // namespace rnn_ext

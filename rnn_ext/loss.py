@@ -168,10 +168,11 @@ def seq_cross_entropy(
 
     .. math:: \ell_{t,b} = w_y \left(\log \sum_c e^{x_{t,b,c}} - x_{t,b,y}\right)
 
-    The forward computes, per row, the maximum, the log-sum-exp and the loss in one pass and
-    keeps only the log-sum-exp ``(T, B)`` for backward; the backward writes
-    :math:`w_y s\,(\mathrm{onehot}_y - \mathrm{softmax}(x))` (``s`` from the reduction) from the
-    logits and the log-sum-exp. No ``(T, B, C)`` log-softmax is ever stored.
+    The forward computes, per row, the maximum :math:`m`, :math:`\log \sum_c e^{x_c - m}` and
+    the loss in one pass and keeps only those two numbers per row, ``(T, B)`` each, for
+    backward; the backward writes :math:`w_y s\,(\mathrm{onehot}_y - \mathrm{softmax}(x))`
+    (``s`` from the reduction) from the logits and those two numbers. No ``(T, B, C)``
+    log-softmax is ever stored.
 
     Args:
         logits: ``(T, B, C)`` unnormalised scores, float32 / float64 / bfloat16 / float16 (the
@@ -186,10 +187,15 @@ def seq_cross_entropy(
     Precision: the forward forms each row's loss as :math:`(m - x_y) + \log \sum_c e^{x_c - m}`
     (``m`` the row's maximum), each part rounded at its own magnitude as in ``F.cross_entropy``,
     so a confident row's small loss beside large logits is as accurate as ``F.cross_entropy``'s
-    (``lse - x_y`` would carry ``lse``'s rounding, 3e-5 near 300). The backward reads only
-    ``lse`` in the statistics dtype (float32 for float32 / float16 / bfloat16 logits), so a
-    gradient's absolute error is up to about one float32 spacing of the largest logit times
-    ``grad_loss`` (3e-5 for logits near 300; 1e-7 near 1).
+    (``lse - x_y`` would carry ``lse``'s rounding, 3e-5 near 300). The backward forms each
+    softmax as :math:`\exp((x_c - m) - \log \sum)`, in the order of ``F.log_softmax``, from
+    the two saved numbers (float32 for float32 / float16 / bfloat16 logits), so its error does
+    not grow with the logits' magnitude: logits ``[1e8, 1e8, 0]`` give the softmax
+    ``[0.5, 0.5, 0]``, as ``F.cross_entropy``.
+
+    Special values: a row holding a NaN, or whose maximum is infinite, gets a NaN loss and a
+    NaN gradient, as ``F.cross_entropy``; so does such a row when its target is
+    ``ignore_index`` (its loss is 0, its gradient NaN, as ``F.cross_entropy``'s).
 
     Raises:
         The same errors as :func:`seq_nll_loss` (``logits`` named in place of ``log_probs``).
@@ -266,7 +272,7 @@ class SeqCrossEntropyLoss(_SeqLoss):
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of total_weight and lse: float32 for half / bfloat16 inputs, else the input's."""
+    """dtype of total_weight, row_max, log_sum: float32 for half / bfloat16, else the input's."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
@@ -301,14 +307,15 @@ def _seq_cross_entropy_forward_fake(logits, target, weight, ignore_index, reduct
                                     target_batch_first):
     loss, total_weight = _fake_loss_and_total_weight("rnn_ext::seq_cross_entropy_forward",
                                                      "logits", logits, target, weight, reduction)
-    lse = logits.new_empty(logits.shape[:2], dtype=_stat_dtype(logits.dtype))
-    return loss, lse, total_weight
+    row_max = logits.new_empty(logits.shape[:2], dtype=_stat_dtype(logits.dtype))
+    log_sum = logits.new_empty(logits.shape[:2], dtype=_stat_dtype(logits.dtype))
+    return loss, row_max, log_sum, total_weight
 
 
 @torch.library.register_fake("rnn_ext::seq_cross_entropy_backward")
 def _seq_cross_entropy_backward_fake(grad_loss, logits, target, weight, ignore_index, reduction,
-                                     target_batch_first, lse, total_weight):
+                                     target_batch_first, row_max, log_sum, total_weight):
     _check_fake_devices("rnn_ext::seq_cross_entropy_backward", "logits", logits,
-                        grad_loss=grad_loss, target=target, weight=weight, lse=lse,
-                        total_weight=total_weight)
+                        grad_loss=grad_loss, target=target, weight=weight, row_max=row_max,
+                        log_sum=log_sum, total_weight=total_weight)
     return logits.new_empty(logits.shape)

@@ -564,11 +564,14 @@ def test_seq_loss_forward_kernels(emu, shape):
             loss, row_w, bad = emu.nll_forward(x, target, weight, IGNORE, none, tbf, 2)
             _check_forward_rows(loss, row_w, bad, nll_rows, w_row, none, tbf, target, dtype,
                                 "nll: " + where)
-            loss, row_w, lse_got, bad = emu.ce_forward(x, target, weight, IGNORE, none, tbf, 2)
+            loss, row_w, row_max, log_sum, bad = emu.ce_forward(x, target, weight, IGNORE, none,
+                                                                tbf, 2)
             _check_forward_rows(loss, row_w, bad, ce_rows, w_row, none, tbf, target, dtype,
                                 "ce: " + where)
-            torch.testing.assert_close(lse_got.double(), lse, rtol=_acc_tol(dtype),
-                                       atol=_acc_tol(dtype), msg=lambda m: where + m)
+            assert torch.equal(row_max.double(), x64.amax(dim=2)), where  # exactly the max
+            torch.testing.assert_close(log_sum.double(), lse - x64.amax(dim=2),
+                                       rtol=_acc_tol(dtype), atol=_acc_tol(dtype),
+                                       msg=lambda m: where + m)
 
 
 @pytest.mark.parametrize("shape", LOSS_SHAPES, ids=str)
@@ -580,7 +583,9 @@ def test_seq_loss_backward_kernels(emu, shape):
         x, target, weight, y, w_row = loss_case(T, B, C, dtype, tbf, tdt, with_w, strided, seed)
         stat = torch.float64 if dtype == torch.float64 else torch.float32
         total_weight = torch.tensor(w_row.sum().item(), dtype=stat)
-        lse = torch.logsumexp(x.double(), dim=2).to(stat)
+        row_max = x.double().amax(dim=2)
+        log_sum = torch.logsumexp(x.double() - row_max.unsqueeze(2), dim=2).to(stat)
+        row_max = row_max.to(stat)
         w64 = None if weight is None else weight.double()
         g = torch.Generator().manual_seed(seed + 1)
         for reduction in ("none", "mean", "sum"):
@@ -602,7 +607,7 @@ def test_seq_loss_backward_kernels(emu, shape):
                                                 tbf, total_weight, 2)
                 else:
                     got, bad = emu.ce_backward(grad_loss, x, target, weight, IGNORE, reduction,
-                                               tbf, lse, total_weight, 2)
+                                               tbf, row_max, log_sum, total_weight, 2)
                 assert bad == NO_BAD_ROW, where
                 assert got.dtype == dtype and got.shape == (T, B, C), where
                 tol = _stored_tol(dtype)
@@ -636,21 +641,27 @@ def test_cross_entropy_kernels_special_values_as_the_cpu_op(emu, dtype):
     target = torch.tensor([[1, 17, 4, 0, 33, 7, 39, 12, 31, 5]])  # (T = 1, B = 10)
     x = rows.to(dtype).unsqueeze(0)  # (1, 10, C)
     cpu = torch.ops.rnn_ext.seq_cross_entropy_forward(x, target, None, -100, "none", False)
-    loss, _, lse, bad = emu.ce_forward(x, target, None, -100, True, False, 2)
+    loss, _, row_max, log_sum, bad = emu.ce_forward(x, target, None, -100, True, False, 2)
     assert bad == NO_BAD_ROW
     tol = dict(rtol=_acc_tol(dtype), atol=_acc_tol(dtype), equal_nan=True)
-    torch.testing.assert_close(lse, cpu[1], **tol)
+    torch.testing.assert_close(row_max, cpu[1], **tol)
+    torch.testing.assert_close(log_sum, cpu[2], **tol)
     torch.testing.assert_close(loss.double(), cpu[0].double(), **tol)
-    assert torch.isnan(lse[0, :4]).all() and not torch.isnan(lse[0, 4:]).any()
+    assert torch.isnan(log_sum[0, :4]).all() and not torch.isnan(log_sum[0, 4:]).any()
+    tw = cpu[3]
     for reduction, gl in (("none", torch.ones(1, 10, dtype=dtype)), ("sum", torch.tensor(1.0))):
         gl = gl.to(dtype)
-        tw = cpu[2]
-        want = torch.ops.rnn_ext.seq_cross_entropy_backward(gl, x, target, None, -100, reduction,
-                                                            False, cpu[1], tw)
-        got, bad = emu.ce_backward(gl, x, target, None, -100, reduction, False, cpu[1], tw, 2)
-        assert bad == NO_BAD_ROW
-        torch.testing.assert_close(got.double(), want.double(), rtol=_stored_tol(dtype),
-                                   atol=_stored_tol(dtype), equal_nan=True)
+        for tgt in (target, torch.full_like(target, -100)):  # every row kept, every row ignored
+            want = torch.ops.rnn_ext.seq_cross_entropy_backward(gl, x, tgt, None, -100,
+                                                                reduction, False, cpu[1], cpu[2],
+                                                                tw)
+            got, bad = emu.ce_backward(gl, x, tgt, None, -100, reduction, False, cpu[1], cpu[2],
+                                       tw, 2)
+            assert bad == NO_BAD_ROW
+            torch.testing.assert_close(got.double(), want.double(), rtol=_stored_tol(dtype),
+                                       atol=_stored_tol(dtype), equal_nan=True)
+    # an ignored row's gradient: NaN where its log_sum is (the first four rows), else 0
+    assert got[0, :4].isnan().all() and torch.equal(got[0, 4:], torch.zeros_like(got[0, 4:]))
 
 
 def test_cross_entropy_kernel_loss_accurate_beside_large_logits(emu):
@@ -662,11 +673,38 @@ def test_cross_entropy_kernel_loss_accurate_beside_large_logits(emu):
         x, target = confident_rows(T, B, C, scale)
         ref = torch.nn.functional.cross_entropy(x.double().reshape(-1, C),
                                                 target.t().reshape(-1), reduction="none")
-        loss, _, lse, bad = emu.ce_forward(x, target, None, -100, True, True, 2)
+        loss, _, row_max, log_sum, bad = emu.ce_forward(x, target, None, -100, True, True, 2)
         assert bad == NO_BAD_ROW
         torch.testing.assert_close(loss.t().reshape(-1).double(), ref, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(lse.double(), torch.logsumexp(x.double(), 2), rtol=1e-6,
-                                   atol=0)
+        torch.testing.assert_close(row_max.double() + log_sum.double(),
+                                   torch.logsumexp(x.double(), 2), rtol=1e-6, atol=0)
+
+
+def test_cross_entropy_kernel_gradient_accurate_beside_huge_logits(emu):
+    """The CUDA backward forms the softmax as exp((x - m) - log_sum) from the forward's m and
+    log_sum (test_loss.py's test of the same name): rows that tie at 1e8, where a float32
+    lse = m + log_sum rounds to m and exp(x - lse) gave the softmax [1, 1, 0, ...]."""
+    C = 40  # lanes 0-7 read two classes
+    for scale in (1e4, 1e8, 1e30):
+        rows = torch.zeros(4, C)
+        rows[0, [0, 33]] = scale                       # a tie at the top, in one lane
+        rows[1] = torch.randn(C, generator=torch.Generator().manual_seed(1)) + scale
+        rows[2] = -scale
+        rows[2, 7] = scale
+        rows[3, [5, 6]] = -scale                       # ties far below the others
+        x = rows.unsqueeze(0)  # (T = 1, B = 4, C)
+        target = torch.tensor([[0, 3, 7, 5]])  # (T, B)
+        x64 = x.double().requires_grad_()
+        ref_loss = torch.nn.functional.cross_entropy(x64.reshape(4, C), target.reshape(-1),
+                                                     reduction="sum")
+        (ref,) = torch.autograd.grad(ref_loss, x64)
+        loss, _, row_max, log_sum, bad = emu.ce_forward(x, target, None, -100, True, False, 2)
+        assert bad == NO_BAD_ROW
+        got, bad = emu.ce_backward(torch.tensor(1.0), x, target, None, -100, "sum", False,
+                                   row_max, log_sum, torch.tensor(4.0), 2)
+        assert bad == NO_BAD_ROW
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m: f"scale {scale}: {m}")
 
 
 @pytest.mark.parametrize("tbf", [False, True], ids=["time-major", "batch-first"])
@@ -683,13 +721,14 @@ def test_seq_loss_kernels_record_the_first_bad_row(emu, tbf):
             target[t, b] = -1
     want = min(t * LB + b for t, b in bad_rows)
     tw = torch.tensor(1.0)
-    lse = torch.zeros(LT, LB)
+    row_max, log_sum = torch.zeros(LT, LB), torch.zeros(LT, LB)
     for none in (True, False):
         assert emu.nll_forward(x, target, None, IGNORE, none, tbf, 2)[2] == want
-        assert emu.ce_forward(x, target, None, IGNORE, none, tbf, 2)[3] == want
+        assert emu.ce_forward(x, target, None, IGNORE, none, tbf, 2)[4] == want
     gl = torch.tensor(1.0)
     assert emu.nll_backward(gl, x, target, None, IGNORE, "sum", tbf, tw, 2)[1] == want
-    grad, bad = emu.ce_backward(gl, x, target, None, IGNORE, "sum", tbf, lse, tw, 2)
+    grad, bad = emu.ce_backward(gl, x, target, None, IGNORE, "sum", tbf, row_max, log_sum, tw,
+                                2)
     assert bad == want
     assert not torch.isnan(grad).any(), "every element of the gradient is written"
 
@@ -1014,7 +1053,7 @@ def test_host_loss_ops(host, reduction):
                                            msg=lambda m: f"{kind} forward, {where}: {m}")
             g = torch.linspace(-1, 1, got[0].numel(), dtype=torch.float64)
             g = g.reshape(got[0].shape).to(dtype)
-            extra = (ref[1],) if kind == "nll" else (ref[1], ref[2])
+            extra = tuple(ref[1:])  # the statistics: total_weight (nll); m, log_sum, too (ce)
             ga = getattr(host, bwd)(g, *fargs, *extra)
             gr = getattr(torch.ops.rnn_ext, bwd)(g, *fargs, *extra)
             scale = max(1.0, gr.double().abs().max().item())

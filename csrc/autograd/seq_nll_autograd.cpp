@@ -8,7 +8,8 @@
 //
 // forward   redispatches below autograd to the backend kernel (or the fake kernel under
 //           torch.compile / opcheck) and saves the input, target, weight and the statistics
-//           (total_weight; lse for cross-entropy, the only per-row number it keeps).
+//           (total_weight; for cross-entropy row_max and log_sum, the only per-row numbers it
+//           keeps).
 // backward  the *_backward operator. With create_graph=True (double backward) it instead
 //           differentiates a recomputation with ATen's nll_loss / cross_entropy on the flattened
 //           pair, which is itself differentiable: exact, slower, only then.
@@ -109,8 +110,8 @@ at::Tensor grad_by_recomputation(AutogradContext* ctx, bool cross_entropy,
 }
 
 // seq_nll_loss_forward (kCrossEntropy false: outputs loss, total_weight) and
-// seq_cross_entropy_forward (true: loss, lse, total_weight). Saved: input, target, weight, then
-// the statistics outputs.
+// seq_cross_entropy_forward (true: loss, row_max, log_sum, total_weight). Saved: input, target,
+// weight, then the statistics outputs.
 template <bool kCrossEntropy>
 class SeqLossFunction : public torch::autograd::Function<SeqLossFunction<kCrossEntropy>> {
  public:
@@ -123,13 +124,13 @@ class SeqLossFunction : public torch::autograd::Function<SeqLossFunction<kCrossE
     if constexpr (kCrossEntropy) {
       static auto op = c10::Dispatcher::singleton()
                            .findSchemaOrThrow("rnn_ext::seq_cross_entropy_forward", "")
-                           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
                                const at::Tensor&, const at::Tensor&,
                                const std::optional<at::Tensor>&, int64_t, c10::string_view,
                                bool)>();
-      auto [loss, lse, total_weight] =
+      auto [loss, row_max, log_sum, total_weight] =
           op.call(input, target, weight, ignore_index, reduction, target_batch_first);
-      out = {loss, lse, total_weight};
+      out = {loss, row_max, log_sum, total_weight};
     } else {
       static auto op = c10::Dispatcher::singleton()
                            .findSchemaOrThrow("rnn_ext::seq_nll_loss_forward", "")
@@ -160,9 +161,9 @@ class SeqLossFunction : public torch::autograd::Function<SeqLossFunction<kCrossE
                                                const at::Tensor&,
                                                const std::optional<at::Tensor>&, int64_t,
                                                c10::string_view, bool, const at::Tensor&,
-                                               const at::Tensor&)>();
+                                               const at::Tensor&, const at::Tensor&)>();
         grad = op.call(grad_outputs[0], saved[0], saved[1], a.weight, a.ignore_index,
-                       a.reduction, a.target_batch_first, saved[3], saved[4]);
+                       a.reduction, a.target_batch_first, saved[3], saved[4], saved[5]);
       } else {
         static auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("rnn_ext::seq_nll_loss_backward", "")
@@ -189,13 +190,13 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_autograd(
   return {out[0], out[1]};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_autograd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_autograd(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, c10::string_view reduction, bool target_batch_first) {
   check_weight_not_differentiable("rnn_ext::seq_cross_entropy_forward", weight);
   const variable_list out = SeqLossFunction<true>::apply(logits, target, weight, ignore_index,
                                                         reduction, target_batch_first);
-  return {out[0], out[1], out[2]};
+  return {out[0], out[1], out[2], out[3]};
 }
 
 }  // namespace

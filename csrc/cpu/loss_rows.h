@@ -5,9 +5,9 @@
 // CPU would not pick are checked too.
 //
 // A row is walked in blocks of W; its last, partial block is padded into a vector (-inf for the
-// max and the sum, which adds exp(-inf) = 0; lse for the gradient, whose padded lanes are
-// dropped), so no element goes through a scalar loop. The arguments of exp are x - max and
-// x - lse, never positive with a consistent lse. Math: seq_nll_math.h.
+// max and the sum, which adds exp(-inf) = 0; the row's max for the gradient, whose padded lanes
+// are dropped), so no element goes through a scalar loop. The arguments of exp are x - m and
+// (x - m) - log_sum, never positive for a consistent (m, log_sum). Math: seq_nll_math.h.
 #pragma once
 
 #include <cmath>
@@ -22,7 +22,8 @@ namespace rnn_ext {
 namespace cpu_rows {
 
 // The log-sum-exp of a row in two parts: its max m and log_sum = log(sum exp(x - m)), so that
-// the loss can be formed at its own magnitude (seq_ce_row_loss) and lse = m + log_sum saved.
+// the loss can be formed at its own magnitude (seq_ce_row_loss) and the gradient's softmax at
+// its own (seq_ce_log_prob); both are saved for the backward. lse = m + log_sum.
 template <typename acc_t>
 struct RowLse {
   acc_t m, log_sum;
@@ -91,25 +92,28 @@ RNN_EXT_ALWAYS_INLINE RowLse<float> row_logsumexp(const float* x, int64_t C) {
   return {m, std::log(reduce_lanes<W>(s0 + s1, add_op))};
 }
 
-// grad[i] = c * ([i == y] - exp(x[i] - lse)) for one contiguous row of C >= 1 floats,
-// 0 <= y < C.
+// grad[i] = c * ([i == y] - exp((x[i] - m) - log_sum)) for one contiguous row of C >= 1 floats,
+// (m, log_sum) = l, 0 <= y < C.
 template <int W>
-RNN_EXT_ALWAYS_INLINE void row_ce_grad(float* g, const float* x, int64_t C, float lse, float c,
-                                       int64_t y) {
+RNN_EXT_ALWAYS_INLINE void row_ce_grad(float* g, const float* x, int64_t C, RowLse<float> l,
+                                       float c, int64_t y) {
   using cpu_math::exp_nonpositive;
   using V = typename cpu_math::Vec<W>::F;
-  const V minus_c = cpu_math::splat<V>(-c), l = cpu_math::splat<V>(lse);
+  const V minus_c = cpu_math::splat<V>(-c), mv = cpu_math::splat<V>(l.m),
+          lsv = cpu_math::splat<V>(l.log_sum);
   const int64_t full = C / W * W;
   for (int64_t i = 0; i < full; i += W) {
-    cpu_math::store(g + i, minus_c * exp_nonpositive(cpu_math::load<W>(x + i) - l));
+    cpu_math::store(g + i,
+                    minus_c * exp_nonpositive(seq_ce_log_prob(cpu_math::load<W>(x + i), mv, lsv)));
   }
   if (full < C) {
-    const V v = minus_c * exp_nonpositive(cpu_math::load_partial<W>(x + full, C - full, lse) - l);
+    const V xt = cpu_math::load_partial<W>(x + full, C - full, l.m);
+    const V v = minus_c * exp_nonpositive(seq_ce_log_prob(xt, mv, lsv));
     for (int64_t k = 0; full + k < C; ++k) {
       g[full + k] = v[k];
     }
   }
-  g[y] = seq_ce_grad(exp_nonpositive(x[y] - lse), true, c);
+  g[y] = seq_ce_grad(exp_nonpositive(seq_ce_log_prob(x[y], l.m, l.log_sum)), true, c);
 }
 
 }  // namespace cpu_rows

@@ -8,9 +8,10 @@
 //
 //   NLL forward      one gather per row; loss per row (none) or partial sums (mean / sum).
 //   NLL backward     one pass writing the gradient: zeros and each row's one nonzero.
-//   CE forward       per row: max, sum of exp(x - max), loss from max and log(sum)
-//                    (seq_ce_row_loss); lse = max + log(sum) saved.
-//   CE backward      per row: grad = c * (onehot - exp(x - lse)), from logits and lse only.
+//   CE forward       per row: max m, sum of exp(x - m), loss from m and log_sum = log(sum)
+//                    (seq_ce_row_loss); m and log_sum saved.
+//   CE backward      per row: grad = c * (onehot - exp((x - m) - log_sum)), from the logits, m
+//                    and log_sum only.
 // Rows run in parallel (at::parallel_for) in blocks of a fixed size; the partial sums of the
 // blocks are added in block order, so the result does not depend on the number of threads.
 // Sums accumulate in double. float16 / bfloat16 rows are computed in float.
@@ -60,8 +61,9 @@ using cpu_rows::RowLse;
   TARGET RowLse<float> row_logsumexp(const float* x, int64_t C) {                              \
     return cpu_rows::row_logsumexp<W>(x, C);                                                   \
   }                                                                                            \
-  TARGET void row_ce_grad(float* g, const float* x, int64_t C, float lse, float c, int64_t y) { \
-    cpu_rows::row_ce_grad<W>(g, x, C, lse, c, y);                                              \
+  TARGET void row_ce_grad(float* g, const float* x, int64_t C, RowLse<float> l, float c,       \
+                          int64_t y) {                                                         \
+    cpu_rows::row_ce_grad<W>(g, x, C, l, c, y);                                                \
   }
 #if RNN_EXT_VEC_MULTIVERSION
 RNN_EXT_FLOAT_ROWS(__attribute__((target("avx512f"))), 16)
@@ -88,9 +90,9 @@ RowLse<double> row_logsumexp(const double* x, int64_t C) {
   return {m, std::log(s)};
 }
 
-void row_ce_grad(double* g, const double* x, int64_t C, double lse, double c, int64_t y) {
+void row_ce_grad(double* g, const double* x, int64_t C, RowLse<double> l, double c, int64_t y) {
   for (int64_t i = 0; i < C; ++i) {
-    g[i] = seq_ce_grad(std::exp(x[i] - lse), i == y, c);
+    g[i] = seq_ce_grad(std::exp(seq_ce_log_prob(x[i], l.m, l.log_sum)), i == y, c);
   }
 }
 
@@ -372,7 +374,7 @@ at::Tensor seq_nll_loss_backward_cpu(
   const SeqLossSizes s =
       check_seq_loss_args(op, "log_probs", log_probs, target, weight, target_batch_first);
   check_seq_loss_backward_args(op, s, log_probs, grad_loss, reduction, target_batch_first,
-                               total_weight, nullptr);
+                               total_weight, nullptr, nullptr);
   // All zeros but one element per row.
   auto grad = zeros_with_sparse_rows({s.T, s.B, s.C}, log_probs.options());
   if (grad.numel() == 0) {
@@ -425,20 +427,20 @@ const acc_t* row_as_acc(const scalar_t* x, int64_t C, std::vector<acc_t>& buf) {
 
 // row_ce_grad into a row of any dtype (through `buf` when it is not acc_t).
 template <typename scalar_t, typename acc_t>
-void row_ce_grad_any(scalar_t* g, const acc_t* x, int64_t C, acc_t lse, acc_t c, int64_t y,
-                     std::vector<acc_t>& buf) {
+void row_ce_grad_any(scalar_t* g, const acc_t* x, int64_t C, RowLse<acc_t> l, acc_t c,
+                     int64_t y, std::vector<acc_t>& buf) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    row_ce_grad(g, x, C, lse, c, y);
+    row_ce_grad(g, x, C, l, c, y);
   } else {
     buf.resize(C);
-    row_ce_grad(buf.data(), x, C, lse, c, y);
+    row_ce_grad(buf.data(), x, C, l, c, y);
     for (int64_t i = 0; i < C; ++i) {
       g[i] = static_cast<scalar_t>(buf[i]);
     }
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
     const at::Tensor& logits_in, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, c10::string_view reduction_str, bool target_batch_first) {
   const char* op = "rnn_ext::seq_cross_entropy_forward";
@@ -447,7 +449,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
       check_seq_loss_args(op, "logits", logits_in, target, weight, target_batch_first);
   at::Tensor loss, total_weight;  // std::tie: see seq_nll_loss_forward_cpu
   std::tie(loss, total_weight) = make_outputs(logits_in, s, reduction, target_batch_first);
-  auto lse = at::empty({s.T, s.B}, total_weight.options());
+  auto row_max = at::empty({s.T, s.B}, total_weight.options());
+  auto log_sum = at::empty({s.T, s.B}, total_weight.options());
   const at::Tensor logits = rows_contiguous(logits_in);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, logits.scalar_type(), "seq_cross_entropy_forward_cpu", [&] {
@@ -456,7 +459,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
           const auto rt = row_targets<scalar_t, index_t>(target, weight, ignore_index, s);
           const scalar_t* x = logits.const_data_ptr<scalar_t>();
           const int64_t st = logits.stride(0), sb = logits.stride(1);
-          acc_t* lse_p = lse.mutable_data_ptr<acc_t>();
+          acc_t* m_p = row_max.mutable_data_ptr<acc_t>();
+          acc_t* log_sum_p = log_sum.mutable_data_ptr<acc_t>();
           BadRow bad;
           const auto sums = for_each_row<scalar_t>(
               s, s.C, target_batch_first, reduction,
@@ -467,7 +471,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
                 const RowLse<acc_t> l =
                     s.C > 0 ? row_logsumexp(row_as_acc<scalar_t, acc_t>(row, s.C, buf), s.C)
                             : RowLse<acc_t>{-std::numeric_limits<acc_t>::infinity(), acc_t(0)};
-                lse_p[r] = l.lse();
+                m_p[r] = l.m;
+                log_sum_p[r] = l.log_sum;
                 const int64_t y = rt.y(t, b);
                 const auto w = row_weight(rt, y, r, bad);
                 if (!w) {
@@ -479,19 +484,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cpu(
           finish_outputs<scalar_t>(loss, total_weight, reduction, sums.first, sums.second);
         });
       });
-  return {loss, lse, total_weight};
+  return {loss, row_max, log_sum, total_weight};
 }
 
 at::Tensor seq_cross_entropy_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& logits_in, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, int64_t ignore_index, c10::string_view reduction_str,
-    bool target_batch_first, const at::Tensor& lse, const at::Tensor& total_weight) {
+    bool target_batch_first, const at::Tensor& row_max, const at::Tensor& log_sum,
+    const at::Tensor& total_weight) {
   const char* op = "rnn_ext::seq_cross_entropy_backward";
   const Reduction reduction = parse_reduction(reduction_str, op);
   const SeqLossSizes s =
       check_seq_loss_args(op, "logits", logits_in, target, weight, target_batch_first);
   check_seq_loss_backward_args(op, s, logits_in, grad_loss, reduction, target_batch_first,
-                               total_weight, &lse);
+                               total_weight, &row_max, &log_sum);
   auto grad = at::empty({s.T, s.B, s.C}, logits_in.options());
   if (grad.numel() == 0) {
     return grad;
@@ -506,8 +512,10 @@ at::Tensor seq_cross_entropy_backward_cpu(
                                                target_batch_first);
           const scalar_t* x = logits.const_data_ptr<scalar_t>();
           const int64_t st = logits.stride(0), sb = logits.stride(1);
-          const int64_t lse_st = lse.stride(0), lse_sb = lse.stride(1);
-          const acc_t* lse_p = lse.const_data_ptr<acc_t>();
+          const acc_t* m_p = row_max.const_data_ptr<acc_t>();
+          const acc_t* log_sum_p = log_sum.const_data_ptr<acc_t>();
+          const int64_t m_st = row_max.stride(0), m_sb = row_max.stride(1);
+          const int64_t ls_st = log_sum.stride(0), ls_sb = log_sum.stride(1);
           scalar_t* g = grad.mutable_data_ptr<scalar_t>();
           BadRow bad;
           at::parallel_for(0, s.T * s.B, rows_per_block(s.C), [&](int64_t r0, int64_t r1) {
@@ -515,13 +523,13 @@ at::Tensor seq_cross_entropy_backward_cpu(
             for_rows(r0, r1, s.B, [&](int64_t t, int64_t b, int64_t r) {
               scalar_t* grow = g + r * s.C;
               const int64_t y = rt.y(t, b);
+              const RowLse<acc_t> l{m_p[t * m_st + b * m_sb], log_sum_p[t * ls_st + b * ls_sb]};
               const auto w = row_weight(rt, y, r, bad);
               if (!w) {
-                std::fill(grow, grow + s.C, scalar_t(0));
+                std::fill(grow, grow + s.C, static_cast<scalar_t>(seq_ce_ignored_grad(l.log_sum)));
                 return;
               }
               const acc_t c = *w * gs(t, b);
-              const acc_t l = lse_p[t * lse_st + b * lse_sb];
               const acc_t* xrow = row_as_acc<scalar_t, acc_t>(x + t * st + b * sb, s.C, xbuf);
               row_ce_grad_any(grow, xrow, s.C, l, c, y, gbuf);
             });

@@ -11,11 +11,12 @@
 //                 buffers, summed by ATen (deterministic), divided on the device.
 //   NLL backward  grad = 0 (one memset), then one thread per row writes its one nonzero.
 //   CE forward    one warp per row, one pass over it: the online log-sum-exp (a running max
-//                 and sum of exp(x - max) per lane, merged across the warp); lse saved (T, B),
-//                 loss as NLL.
+//                 and sum of exp(x - max) per lane, merged across the warp); the row's max m
+//                 and log_sum = log(sum) saved, (T, B) each; loss as NLL.
 //   CE backward   one warp per row and chunk of kCeChunk classes (the row's index arithmetic,
-//                 target, factor and lse once per chunk): grad = c * ([c' == y] - exp(x - lse)).
-// Accumulation in at::opmath_type (float for float16 / bfloat16); lse and total_weight in the
+//                 target, factor, m and log_sum once per chunk):
+//                 grad = c * ([c' == y] - exp((x - m) - log_sum)).
+// Accumulation in at::opmath_type (float for float16 / bfloat16); m, log_sum, total_weight in the
 // "statistics dtype" of csrc/seq_nll.h (which is that same type).
 //
 // Target values out of [0, C) that are not ignore_index: the kernels record the smallest such
@@ -198,7 +199,7 @@ at::Tensor seq_nll_loss_backward_cuda(
   const SeqLossSizes s =
       check_seq_loss_args(op, "log_probs", log_probs, target, weight, target_batch_first);
   check_seq_loss_backward_args(op, s, log_probs, grad_loss, reduction, target_batch_first,
-                               total_weight, nullptr);
+                               total_weight, nullptr, nullptr);
   const c10::cuda::CUDAGuard guard(log_probs.device());
   at::Tensor grad = at::zeros({s.T, s.B, s.C}, log_probs.options());
   const int64_t rows = s.T * s.B;
@@ -226,7 +227,7 @@ at::Tensor seq_nll_loss_backward_cuda(
 // ---------------------------------------------------------------------------------------------
 // Cross-entropy
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cuda(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, c10::string_view reduction_str, bool target_batch_first) {
   const char* op = "rnn_ext::seq_cross_entropy_forward";
@@ -235,7 +236,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cuda(
       check_seq_loss_args(op, "logits", logits, target, weight, target_batch_first);
   const c10::cuda::CUDAGuard guard(logits.device());
   ForwardBuffers f = forward_buffers(logits, s, reduction, target_batch_first);
-  at::Tensor lse = at::empty({s.T, s.B}, f.total_weight.options());
+  at::Tensor row_max = at::empty({s.T, s.B}, f.total_weight.options());
+  at::Tensor log_sum = at::empty({s.T, s.B}, f.total_weight.options());
   const int64_t rows = s.T * s.B;
   if (rows > 0) {
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -249,7 +251,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cuda(
                 0, stream, logits.const_data_ptr<scalar_t>(), logits.stride(0), logits.stride(1),
                 logits.stride(2),
                 make_targets<scalar_t, index_t>(target, weight, ignore_index, s), s.T,
-                row_outputs<scalar_t>(f, none, target_batch_first), lse.mutable_data_ptr<acc_t>(),
+                row_outputs<scalar_t>(f, none, target_batch_first),
+                RowStats<acc_t>{row_max.mutable_data_ptr<acc_t>(), s.B, 1,
+                                log_sum.mutable_data_ptr<acc_t>(), s.B, 1},
                 f.bad.mutable_data_ptr<int64_t>());
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           });
@@ -262,19 +266,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_forward_cuda(
     }
   }
   finish_forward(f, reduction);
-  return {f.loss, lse, f.total_weight};
+  return {f.loss, row_max, log_sum, f.total_weight};
 }
 
 at::Tensor seq_cross_entropy_backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, int64_t ignore_index, c10::string_view reduction_str,
-    bool target_batch_first, const at::Tensor& lse, const at::Tensor& total_weight) {
+    bool target_batch_first, const at::Tensor& row_max, const at::Tensor& log_sum,
+    const at::Tensor& total_weight) {
   const char* op = "rnn_ext::seq_cross_entropy_backward";
   const Reduction reduction = parse_reduction(reduction_str, op);
   const SeqLossSizes s =
       check_seq_loss_args(op, "logits", logits, target, weight, target_batch_first);
   check_seq_loss_backward_args(op, s, logits, grad_loss, reduction, target_batch_first,
-                               total_weight, &lse);
+                               total_weight, &row_max, &log_sum);
   const c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor grad = at::empty({s.T, s.B, s.C}, logits.options());
   if (grad.numel() == 0) {
@@ -292,7 +297,9 @@ at::Tensor seq_cross_entropy_backward_cuda(
               kThreads, 0, stream, grad.mutable_data_ptr<scalar_t>(),
               logits.const_data_ptr<scalar_t>(),
               logits.stride(0), logits.stride(1), logits.stride(2),
-              lse.const_data_ptr<acc_t>(), lse.stride(0), lse.stride(1),
+              RowStats<const acc_t>{row_max.const_data_ptr<acc_t>(), row_max.stride(0),
+                                    row_max.stride(1), log_sum.const_data_ptr<acc_t>(),
+                                    log_sum.stride(0), log_sum.stride(1)},
               make_targets<scalar_t, index_t>(target, weight, ignore_index, s),
               make_grad_scale<scalar_t>(grad_loss, total_weight, reduction, target_batch_first),
               s.T, bad.mutable_data_ptr<int64_t>());

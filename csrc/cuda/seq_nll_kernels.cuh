@@ -129,9 +129,9 @@ __device__ __forceinline__ void lse_merge(acc_t& m, acc_t& s, acc_t mo, acc_t so
 }
 
 // log_sum = log(sum exp(x - m)) of a row of C values from its merged state (lse = m + log_sum;
-// the loss takes the two parts, seq_ce_row_loss). A row whose max is infinite gets what the
-// two-pass formula of the CPU kernels gives: NaN (+inf: exp(inf - inf); all -inf:
-// exp(-inf - -inf)); an empty row (C = 0), log(0) = -inf, so lse -inf.
+// the loss takes the two parts, seq_ce_row_loss, and so does the backward, seq_ce_log_prob).
+// A row whose max is infinite gets what the two-pass formula of the CPU kernels gives: NaN
+// (+inf: exp(inf - inf); all -inf: exp(-inf - -inf)); an empty row (C = 0), log(0) = -inf.
 template <typename acc_t>
 __device__ __forceinline__ acc_t lse_log_sum(acc_t m, acc_t s, int64_t C) {
   constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
@@ -141,13 +141,24 @@ __device__ __forceinline__ acc_t lse_log_sum(acc_t m, acc_t s, int64_t C) {
   return log(s);
 }
 
-// Log-sum-exp of each row (saved) and the cross-entropy loss, one warp per row, one pass over
-// the row (lse_push per lane, lse_merge across the warp).
+// The cross-entropy's row statistics (csrc/seq_nll.h), (T, B) each: the row's max m and
+// log_sum = log(sum exp(x - m)). The forward writes them contiguous (strides B and 1); the
+// backward reads them through the strides of the tensors it is given.
+template <typename acc_t>
+struct RowStats {
+  acc_t* m;
+  int64_t m_st, m_sb;
+  acc_t* log_sum;
+  int64_t ls_st, ls_sb;
+};
+
+// Each row's max and log_sum (saved) and the cross-entropy loss, one warp per row, one pass
+// over the row (lse_push per lane, lse_merge across the warp).
 template <typename scalar_t, typename index_t>
 __global__ void ce_forward_kernel(const scalar_t* __restrict__ x, int64_t xst, int64_t xsb,
                                   int64_t xsc, Targets<scalar_t, index_t> tg, int64_t T,
                                   RowOutputs<scalar_t> out,
-                                  at::opmath_type<scalar_t>* __restrict__ lse_out, int64_t* bad) {
+                                  RowStats<at::opmath_type<scalar_t>> stats, int64_t* bad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int lane = threadIdx.x % 32;
   const int64_t rows = T * tg.B;
@@ -169,7 +180,8 @@ __global__ void ce_forward_kernel(const scalar_t* __restrict__ x, int64_t xst, i
       continue;
     }
     const acc_t log_sum = lse_log_sum(m, sum, tg.C);
-    lse_out[r] = m + log_sum;
+    stats.m[t * stats.m_st + b * stats.m_sb] = m;
+    stats.log_sum[t * stats.ls_st + b * stats.ls_sb] = log_sum;
     finish_forward_row(tg, out, T, r, t, b, bad, [&](int64_t y, acc_t w) {
       return seq_ce_row_loss(m, log_sum, static_cast<acc_t>(row[y * xsc]), w);
     });
@@ -215,15 +227,15 @@ __global__ void nll_backward_kernel(scalar_t* __restrict__ grad, Targets<scalar_
 
 // The cross-entropy backward's unit of work: one warp writes up to kCeChunk classes of one row
 // (each lane every 32nd), so that the row's index arithmetic (64-bit divisions), target,
-// factor and lse are done and read once per unit, not once per element.
+// factor, max and log_sum are done and read once per unit, not once per element.
 constexpr int64_t kCeChunk = 1024;
 
 template <typename scalar_t, typename index_t>
 __global__ void ce_backward_kernel(scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                    int64_t xst, int64_t xsb, int64_t xsc,
-                                   const at::opmath_type<scalar_t>* __restrict__ lse,
-                                   int64_t lse_st, int64_t lse_sb, Targets<scalar_t, index_t> tg,
-                                   GradScale<scalar_t> gs, int64_t T, int64_t* bad) {
+                                   RowStats<const at::opmath_type<scalar_t>> stats,
+                                   Targets<scalar_t, index_t> tg, GradScale<scalar_t> gs,
+                                   int64_t T, int64_t* bad) {
   using acc_t = at::opmath_type<scalar_t>;
   const int lane = threadIdx.x % 32;
   const int64_t chunks = (tg.C + kCeChunk - 1) / kCeChunk;
@@ -237,21 +249,23 @@ __global__ void ce_backward_kernel(scalar_t* __restrict__ grad, const scalar_t* 
     scalar_t* g = grad + r * tg.C;
     const int64_t y = tg.y(t, b);
     const bool in_range = seq_target_in_range(y, tg.C);
+    const acc_t log_sum = stats.log_sum[t * stats.ls_st + b * stats.ls_sb];
     if (y == tg.ignore_index || !in_range) {
       if (y != tg.ignore_index && c0 == 0 && lane == 0) {
         record_bad_row(bad, r);
       }
+      const scalar_t fill = static_cast<scalar_t>(seq_ce_ignored_grad(log_sum));
       for (int64_t c = c0 + lane; c < c1; c += 32) {
-        g[c] = scalar_t(0);
+        g[c] = fill;
       }
       continue;
     }
     const acc_t cr = tg.template w<acc_t>(y) * gs(t, b);
-    const acc_t l = lse[t * lse_st + b * lse_sb];
+    const acc_t m = stats.m[t * stats.m_st + b * stats.m_sb];
     const scalar_t* row = x + t * xst + b * xsb;
     for (int64_t c = c0 + lane; c < c1; c += 32) {
-      g[c] = static_cast<scalar_t>(
-          seq_ce_grad(exp(static_cast<acc_t>(row[c * xsc]) - l), c == y, cr));
+      g[c] = static_cast<scalar_t>(seq_ce_grad(
+          exp(seq_ce_log_prob(static_cast<acc_t>(row[c * xsc]), m, log_sum)), c == y, cr));
     }
   }
 }

@@ -23,15 +23,16 @@ std::tuple<at::Tensor, at::Tensor> logsumexp_rows_w(const at::Tensor& x) {
 }
 
 template <int W>
-at::Tensor ce_grad_rows_w(const at::Tensor& x, const at::Tensor& lse, const at::Tensor& c,
-                          const at::Tensor& y) {
+at::Tensor ce_grad_rows_w(const at::Tensor& x, const at::Tensor& m, const at::Tensor& log_sum,
+                          const at::Tensor& c, const at::Tensor& y) {
   const int64_t R = x.size(0), C = x.size(1);
   // NaN-filled, so that an element the row function does not write fails the comparison.
   auto g = at::full({R, C}, std::numeric_limits<float>::quiet_NaN(), x.options());
   for (int64_t r = 0; r < R; ++r) {
     rnn_ext::cpu_rows::row_ce_grad<W>(g.mutable_data_ptr<float>() + r * C,
                                       x.const_data_ptr<float>() + r * C, C,
-                                      lse.const_data_ptr<float>()[r],
+                                      {m.const_data_ptr<float>()[r],
+                                       log_sum.const_data_ptr<float>()[r]},
                                       c.const_data_ptr<float>()[r], y.const_data_ptr<int64_t>()[r]);
   }
   return g;
@@ -54,14 +55,14 @@ std::tuple<at::Tensor, at::Tensor> logsumexp_rows(const at::Tensor& x, int64_t W
   TORCH_CHECK(false, "W: expected 4, 8 or 16, got ", W);
 }
 
-// x: (R, C) float32, lse, c: (R,) float32, y: (R,) int64 in [0, C) -> grad (R, C).
-at::Tensor ce_grad_rows(const at::Tensor& x, const at::Tensor& lse, const at::Tensor& c,
-                        const at::Tensor& y, int64_t W) {
+// x: (R, C) float32, m, log_sum, c: (R,) float32, y: (R,) int64 in [0, C) -> grad (R, C).
+at::Tensor ce_grad_rows(const at::Tensor& x, const at::Tensor& m, const at::Tensor& log_sum,
+                        const at::Tensor& c, const at::Tensor& y, int64_t W) {
   check(x);
   switch (W) {
-    case 4: return ce_grad_rows_w<4>(x, lse, c, y);
-    case 8: return ce_grad_rows_w<8>(x, lse, c, y);
-    case 16: return ce_grad_rows_w<16>(x, lse, c, y);
+    case 4: return ce_grad_rows_w<4>(x, m, log_sum, c, y);
+    case 8: return ce_grad_rows_w<8>(x, m, log_sum, c, y);
+    case 16: return ce_grad_rows_w<16>(x, m, log_sum, c, y);
   }
   TORCH_CHECK(false, "W: expected 4, 8 or 16, got ", W);
 }

@@ -102,15 +102,16 @@ std::tuple<at::Tensor, at::Tensor, int64_t> nll_forward(const at::Tensor& log_pr
   return {f.loss, f.row_w, bad};
 }
 
-// ce_forward_kernel. Returns (loss as nll_forward, row weights, lse (T, B) in the statistics
-// dtype, the smallest bad row or INT64_MAX).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> ce_forward(
+// ce_forward_kernel. Returns (loss as nll_forward, row weights, row_max and log_sum (T, B) in
+// the statistics dtype, NaN-filled before the kernel, the smallest bad row or INT64_MAX).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t> ce_forward(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t ignore_index, bool none, bool tbf, int64_t grid) {
   const int64_t T = logits.size(0), B = logits.size(1);
   RowBuffers f(logits, target, none);
   const auto stat = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor lse = at::full({T, B}, std::nan(""), logits.options().dtype(stat));
+  at::Tensor row_max = at::full({T, B}, std::nan(""), logits.options().dtype(stat));
+  at::Tensor log_sum = at::full({T, B}, std::nan(""), logits.options().dtype(stat));
   int64_t bad = kNoBadRow;
   dispatch(logits, target, [&](auto s, auto i) {
     using scalar_t = decltype(s);
@@ -120,14 +121,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> ce_forward(
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
     const int64_t st = logits.stride(0), sb = logits.stride(1), sc = logits.stride(2);
     const auto out = f.outputs<scalar_t>(none, tbf);
-    acc_t* lp = lse.data_ptr<acc_t>();
+    const rnn_ext::cuda_detail::RowStats<acc_t> stats{row_max.data_ptr<acc_t>(), B, 1,
+                                                      log_sum.data_ptr<acc_t>(), B, 1};
     int64_t* badp = &bad;
     run(grid, [=] {
-      rnn_ext::cuda_detail::ce_forward_kernel<scalar_t, index_t>(x, st, sb, sc, tg, T, out, lp,
-                                                                 badp);
+      rnn_ext::cuda_detail::ce_forward_kernel<scalar_t, index_t>(x, st, sb, sc, tg, T, out,
+                                                                 stats, badp);
     });
   });
-  return {f.loss, f.row_w, lse, bad};
+  return {f.loss, f.row_w, row_max, log_sum, bad};
 }
 
 template <typename scalar_t>
@@ -170,7 +172,8 @@ std::tuple<at::Tensor, int64_t> ce_backward(const at::Tensor& grad_loss, const a
                                             const at::Tensor& target,
                                             const std::optional<at::Tensor>& weight,
                                             int64_t ignore_index, const std::string& reduction,
-                                            bool tbf, const at::Tensor& lse,
+                                            bool tbf, const at::Tensor& row_max,
+                                            const at::Tensor& log_sum,
                                             const at::Tensor& total_weight, int64_t grid) {
   const int64_t T = logits.size(0);
   at::Tensor grad = at::full(logits.sizes(), std::nan(""), logits.options());
@@ -185,12 +188,13 @@ std::tuple<at::Tensor, int64_t> ce_backward(const at::Tensor& grad_loss, const a
     scalar_t* g = grad.data_ptr<scalar_t>();
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
     const int64_t st = logits.stride(0), sb = logits.stride(1), sc = logits.stride(2);
-    const acc_t* lp = lse.const_data_ptr<acc_t>();
-    const int64_t lst = lse.stride(0), lsb = lse.stride(1);
+    const rnn_ext::cuda_detail::RowStats<const acc_t> stats{
+        row_max.const_data_ptr<acc_t>(), row_max.stride(0), row_max.stride(1),
+        log_sum.const_data_ptr<acc_t>(), log_sum.stride(0), log_sum.stride(1)};
     int64_t* badp = &bad;
     run(grid, [=] {
-      rnn_ext::cuda_detail::ce_backward_kernel<scalar_t, index_t>(g, x, st, sb, sc, lp, lst, lsb,
-                                                                  tg, gs, T, badp);
+      rnn_ext::cuda_detail::ce_backward_kernel<scalar_t, index_t>(g, x, st, sb, sc, stats, tg,
+                                                                  gs, T, badp);
     });
   });
   return {grad, bad};
@@ -208,7 +212,8 @@ void register_seq_nll(py::module& m) {
         py::arg("target_batch_first"), py::arg("total_weight"), py::arg("grid"));
   m.def("ce_backward", &ce_backward, py::arg("grad_loss"), py::arg("logits"), py::arg("target"),
         py::arg("weight"), py::arg("ignore_index"), py::arg("reduction"),
-        py::arg("target_batch_first"), py::arg("lse"), py::arg("total_weight"), py::arg("grid"));
+        py::arg("target_batch_first"), py::arg("row_max"), py::arg("log_sum"),
+        py::arg("total_weight"), py::arg("grid"));
   // The operator entry points of csrc/cuda/seq_nll_cuda.cu, as the dispatcher calls them
   // (arguments as in the schemas of csrc/rnn_ext.cpp).
   using OptT = std::optional<at::Tensor>;
@@ -235,9 +240,11 @@ void register_seq_nll(py::module& m) {
   m.def("seq_cross_entropy_backward",
         [](const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
            const OptT& weight, int64_t ignore_index, const std::string& reduction,
-           bool target_batch_first, const at::Tensor& lse, const at::Tensor& total_weight) {
+           bool target_batch_first, const at::Tensor& row_max, const at::Tensor& log_sum,
+           const at::Tensor& total_weight) {
           return rnn_ext::seq_cross_entropy_backward_cuda(grad_loss, logits, target, weight,
                                                           ignore_index, reduction,
-                                                          target_batch_first, lse, total_weight);
+                                                          target_batch_first, row_max, log_sum,
+                                                          total_weight);
         });
 }
