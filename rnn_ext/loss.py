@@ -14,8 +14,8 @@ character RNN with
 RNN emits it and the target ``(B, T)`` as the data loader yields it, through their strides, with
 no transposed copy, and its backward writes the gradient in one pass.
 :func:`seq_cross_entropy` does the same from raw logits, fusing log-softmax and NLL: its forward
-keeps one number per row (the log-sum-exp) and its backward computes
-``softmax - onehot`` from the logits and that number.
+keeps two numbers per row (its max and the log of its sum of exponentials) and its backward
+computes ``softmax - onehot`` from the logits and those two numbers.
 
 This module also registers, for the operators ``torch.ops.rnn_ext.seq_nll_loss_*`` and
 ``torch.ops.rnn_ext.seq_cross_entropy_*`` (schemas in ``csrc/rnn_ext.cpp``, kernels in
@@ -315,7 +315,12 @@ def _seq_cross_entropy_forward_fake(logits, target, weight, ignore_index, reduct
 @torch.library.register_fake("rnn_ext::seq_cross_entropy_backward")
 def _seq_cross_entropy_backward_fake(grad_loss, logits, target, weight, ignore_index, reduction,
                                      target_batch_first, row_max, log_sum, total_weight):
-    _check_fake_devices("rnn_ext::seq_cross_entropy_backward", "logits", logits,
-                        grad_loss=grad_loss, target=target, weight=weight, row_max=row_max,
-                        log_sum=log_sum, total_weight=total_weight)
+    op = "rnn_ext::seq_cross_entropy_backward"
+    _check_fake_devices(op, "logits", logits, grad_loss=grad_loss, target=target, weight=weight,
+                        row_max=row_max, log_sum=log_sum, total_weight=total_weight)
+    for name, stat in (("row_max", row_max), ("log_sum", log_sum)):  # as seq_nll_checks.cpp
+        torch._check(tuple(stat.shape) == tuple(logits.shape[:2]),
+                     lambda: f"{op}: expected {name} of shape (T, B) = "
+                             f"{list(logits.shape[:2])}, but got {name} of shape "
+                             f"{list(stat.shape)}")
     return logits.new_empty(logits.shape)

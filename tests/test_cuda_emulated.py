@@ -1059,6 +1059,13 @@ def test_host_loss_ops(host, reduction):
             scale = max(1.0, gr.double().abs().max().item())
             torch.testing.assert_close(ga.double(), gr.double(), rtol=tol, atol=tol * scale,
                                        msg=lambda m: f"{kind} backward, {where}: {m}")
+    # C = 0, every target ignored: the statistics are the CPU op's (m = -inf, log_sum = log(0))
+    x0, t0 = torch.empty(LT, LB, 0), torch.full((LB, LT), IGNORE)
+    got = host.seq_cross_entropy_forward(x0, t0, None, IGNORE, reduction, True)
+    ref = torch.ops.rnn_ext.seq_cross_entropy_forward(x0, t0, None, IGNORE, reduction, True)
+    for a, r in zip(got, ref):
+        torch.testing.assert_close(a, r, equal_nan=True)
+    assert torch.equal(got[2], torch.full((LT, LB), -float("inf")))
     x, target, _, _, _ = loss_case(LT, LB, LC, torch.float32, True, torch.int64, False, False, 1)
     target[3, 5] = LC + 2
     for fwd in ("seq_nll_loss_forward", "seq_cross_entropy_forward"):

@@ -470,7 +470,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> seq_cross_entropy_for
                 const scalar_t* row = x + t * st + b * sb;
                 const RowLse<acc_t> l =
                     s.C > 0 ? row_logsumexp(row_as_acc<scalar_t, acc_t>(row, s.C, buf), s.C)
-                            : RowLse<acc_t>{-std::numeric_limits<acc_t>::infinity(), acc_t(0)};
+                            : RowLse<acc_t>{-std::numeric_limits<acc_t>::infinity(),
+                                            -std::numeric_limits<acc_t>::infinity()};
                 m_p[r] = l.m;
                 log_sum_p[r] = l.log_sum;
                 const int64_t y = rt.y(t, b);
