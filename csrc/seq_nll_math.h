@@ -79,10 +79,17 @@ C10_HOST_DEVICE inline acc_t seq_ce_log_prob(acc_t x, acc_t m, acc_t log_sum) {
 }
 
 // Cross-entropy gradient of one element: c * ([is_target] - p), p = exp(seq_ce_log_prob),
-// c = w * s.
+// c = w * s. F.cross_entropy forms it as [is_target] * c - p * c (log_softmax's backward). At
+// the target c * (1 - p) is the more accurate (1 - p is exact for p >= 1/2, where c - c * p
+// cancels); the added c * p - c * p is 0 for a finite c * p, and NaN for an infinite c (an
+// infinite grad_loss), where F's c - c * p is inf - inf.
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t seq_ce_grad(acc_t p, bool is_target, acc_t c) {
-  return c * ((is_target ? acc_t(1) : acc_t(0)) - p);
+  if (is_target) {
+    const acc_t cp = c * p;
+    return c * (acc_t(1) - p) + (cp - cp);
+  }
+  return c * (acc_t(0) - p);
 }
 
 // The cross-entropy gradient of every element of an ignored row: 0, or NaN when the row's

@@ -272,6 +272,29 @@ def test_cross_entropy_gradient_accurate_beside_huge_logits(device, scale):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cross_entropy_infinite_grad_loss_matches_reference(device, dtype):
+    # An infinite or NaN grad_loss (reduction none): F.cross_entropy's gradient of the row is
+    # +-inf beside the target and NaN at it (log_softmax's backward: c - p * c = inf - inf).
+    # Ours is formed as c * (1 - p) there (more accurate), with the NaN kept.
+    T, B, C = 4, 3, 5
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(T, B, C, generator=gen, dtype=dtype)
+    target = torch.randint(0, C, (B, T), generator=gen)
+    target[0, 0] = -100
+    grad = torch.randn(B, T, generator=gen, dtype=dtype)
+    grad[0, :] = torch.tensor([float("inf"), -float("inf"), float("nan"), 1.0], dtype=dtype)
+    grad[1, 2] = float("inf")
+    xs, xr = x.clone().to(device).requires_grad_(), x.clone().to(device).requires_grad_()
+    out = rnn_ext.seq_cross_entropy(xs, target.to(device), reduction="none")
+    ref = lesson_reference("ce", xr, target.to(device), reduction="none")
+    (g,) = torch.autograd.grad(out, xs, grad.to(device))
+    (gr,) = torch.autograd.grad(ref, xr, grad.to(device))
+    assert gr.isnan().any() and gr.isinf().any()  # the case this test is for
+    torch.testing.assert_close(g, gr, equal_nan=True, **TOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("ignored", [False, True], ids=["kept", "ignored"])
 def test_cross_entropy_special_values_match_reference(device, ignored):
     # Rows holding a NaN, a +inf, -inf beside finite values, or only -inf: the loss and the
