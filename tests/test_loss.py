@@ -295,6 +295,21 @@ def test_cross_entropy_infinite_grad_loss_matches_reference(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_cross_entropy_infinite_class_weight_matches_reference(device):
+    # A class weight of inf: the rows of that class get c = +-inf, and F.cross_entropy's
+    # gradient is NaN at their target, +-inf beside it (mean: NaN everywhere, inf / inf).
+    T, B, C = 2, 3, 4
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(T, B, C, generator=gen)
+    target = torch.randint(0, C, (B, T), generator=gen)
+    target[0, 0] = 1
+    weight = torch.tensor([1.0, float("inf"), 0.5, 2.0])
+    for reduction in REDUCTIONS:
+        compare("ce", x.to(device), target.to(device), weight=weight.to(device),
+                reduction=reduction)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("ignored", [False, True], ids=["kept", "ignored"])
 def test_cross_entropy_special_values_match_reference(device, ignored):
     # Rows holding a NaN, a +inf, -inf beside finite values, or only -inf: the loss and the
