@@ -4,6 +4,7 @@ their own per module, Python and torch version."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -12,6 +13,16 @@ from pathlib import Path
 import torch
 
 STALE_LOCK_S = 15 * 60  # a build of a test module takes about a minute, 3 on a busy machine
+
+
+def missing_build_requirement(*needed: Path) -> str | None:
+    """Why the tests' own C++ modules cannot be built here, or None when they can: they
+    compile sources of the checkout (`needed`, files under csrc/ or tests/) with the system's
+    C++ compiler, which an installed package without its checkout, or a machine without `c++`,
+    lacks. For a skip reason."""
+    if any(not Path(p).is_file() for p in needed) or shutil.which("c++") is None:
+        return "needs the source checkout (csrc/) and a C++ compiler"
+    return None
 
 
 def load_test_module(name, sources, include_dirs, extra_cflags):

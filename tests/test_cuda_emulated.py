@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from cuda_cases import REL_TOL, confident_rows, make_args, rel_err
-from native_build import load_test_module
+from native_build import load_test_module, missing_build_requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -48,10 +47,8 @@ EMU_DIR = Path(__file__).resolve().parent / "cuda_emu"
 H200_SMEM_PER_BLOCK = 232448  # sharedMemPerBlockOptin of an H200 (227 KiB)
 H200_SMS = 132
 
-pytestmark = pytest.mark.skipif(
-    not (CSRC / "cuda" / "elman_kernels.cuh").is_file() or shutil.which("c++") is None,
-    reason="needs the source checkout (csrc/) and a C++ compiler",
-)
+_MISSING = missing_build_requirement(CSRC / "cuda" / "elman_kernels.cuh")
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
 
 
 @pytest.fixture(scope="module")

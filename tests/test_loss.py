@@ -795,14 +795,14 @@ def test_ignore_index_out_of_int64_or_not_an_int(bad, error, match):
 @pytest.fixture(scope="module")
 def loss_rows():
     """csrc/cpu/loss_rows.h compiled at every vector width (tests/cpu_vec/), for this machine."""
-    import shutil
     from pathlib import Path
 
-    from native_build import load_test_module
+    from native_build import load_test_module, missing_build_requirement
 
     root = Path(__file__).resolve().parents[1]
-    if not (root / "csrc" / "cpu" / "loss_rows.h").is_file() or shutil.which("c++") is None:
-        pytest.skip("needs the source checkout (csrc/) and a C++ compiler")
+    missing = missing_build_requirement(root / "csrc" / "cpu" / "loss_rows.h")
+    if missing:
+        pytest.skip(missing)
     return load_test_module(
         "rnn_ext_loss_rows", [root / "tests" / "cpu_vec" / "loss_rows_ext.cpp"],
         include_dirs=[root / "csrc"], extra_cflags=["-O2", "-fno-trapping-math", "-Wno-psabi"])
