@@ -23,11 +23,11 @@ namespace cpu_rows {
 
 // The log-sum-exp of a row in two parts: its max m and log_sum = log(sum exp(x - m)), so that
 // the loss can be formed at its own magnitude (seq_ce_row_loss) and the gradient's softmax at
-// its own (seq_ce_log_prob); both are saved for the backward. lse = m + log_sum.
+// its own (seq_ce_log_prob); both are saved for the backward (the log-sum-exp is m + log_sum,
+// never formed: seq_nll_math.h says why).
 template <typename acc_t>
 struct RowLse {
   acc_t m, log_sum;
-  acc_t lse() const { return m + log_sum; }
 };
 
 // The lanes of v combined pairwise by op (lane k with lane k + W/2, then the same on the W/2
