@@ -405,6 +405,43 @@ def test_autocast_like_f_nll_loss(device, kind, dtype):
         torch.testing.assert_close(g, gr, **tol)
 
 
+@pytest.mark.parametrize("batch_first", [True, False], ids=["target_BT", "target_TB"])
+def test_nll_many_rows_across_chunks_and_blocks(batch_first):
+    """The CPU NLL forward takes rows in blocks of 32,768 and, within a block, chunks of 64 (targets
+    first, then the gathers): 300 x 257 rows make three blocks whose chunks do not line up with B.
+    Values, gradients and the out-of-range error against F.nll_loss / the first bad row."""
+    T, B, C = 300, 257, 3
+    gen = torch.Generator().manual_seed(7)
+    x = make_input("nll", T, B, C, torch.float64, "cpu", gen)
+    target = random_target(B, T, C, "cpu", ignore_index=1, p_ignore=0.3, batch_first=batch_first,
+                           gen=gen)
+    weight = torch.rand(C, dtype=torch.float64, generator=gen)
+    for reduction in REDUCTIONS:
+        compare("nll", x, target, weight, 1, reduction, batch_first)
+        compare("nll", x, target, None, 1, reduction, batch_first)
+    compare("nll", x, target.to(torch.uint8), weight, 1, "none", batch_first)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [rnn_ext.seq_nll_loss(x, target, weight, ignore_index=1, reduction=r,
+                                    target_batch_first=batch_first) for r in REDUCTIONS]
+        torch.set_num_threads(max(2, n))
+        many = [rnn_ext.seq_nll_loss(x, target, weight, ignore_index=1, reduction=r,
+                                     target_batch_first=batch_first) for r in REDUCTIONS]
+    finally:
+        torch.set_num_threads(n)
+    for a, b in zip(one, many):
+        assert torch.equal(a, b)
+    # out-of-range targets in rows 290 * 257 + 5 (third block) and 20 * 257 + 100 (first block):
+    # the error names the first row's
+    bad = target.clone()
+    for t, b, v in [(290, 5, 3), (20, 100, -2)]:
+        bad[(b, t) if batch_first else (t, b)] = v
+    where = r"target\[100, 20\]" if batch_first else r"target\[20, 100\]"
+    with pytest.raises(IndexError, match=r"Target -2 is out of bounds.*" + where):
+        rnn_ext.seq_nll_loss(x, bad, ignore_index=1, target_batch_first=batch_first)
+
+
 def test_result_does_not_depend_on_thread_count():
     T, B, C = 64, 32, 40
     x = torch.randn(T, B, C)
