@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a character model and save a checkpoint",
                        description="Train one of the notebook's models (default: CharSeqRnn "
                        "with identity W_hh, the notebook's schedule 1e-2 x4, 1e-3 x4).")
-    t.add_argument("--model", choices=sorted(RECIPES), default=None,
+    t.add_argument("--model", choices=LESSON_ROWS, default=None,
                    help=f"which of the notebook's runs (default seq-identity{_FROM_CHECKPOINT}): "
                    + ", ".join(f"{k} = {RECIPES[k].title}" for k in LESSON_ROWS))
     _training(t, resume=True)

@@ -231,6 +231,9 @@ def test_subcommand_help_names_only_their_own_options():
     assert "--resume" not in generate  # its --seed is its own
     assert "Write text with a checkpoint" in generate and "Train the notebook's six" in lesson
     assert "(default: all)" in generate  # --top-k
+    # both list the notebook's runs in the notebook's order
+    order = "{char3,loop,concat,rnn,seq,seq-identity}"
+    assert f"--model {order}" in train and f"--rows {order}" in lesson
 
 
 def test_torchrun_two_processes_same_losses(text_file, tmp_path):
