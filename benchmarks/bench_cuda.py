@@ -367,7 +367,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--budget", type=float, default=150.0,
                    help="seconds; shapes left when it is spent are skipped")
-    p.add_argument("--quick", action="store_true", help="the two smaller shapes only")
+    p.add_argument("--quick", action="store_true", help="the first two shapes only: "
+                   "(8, 512, 42, 256) and (100, 64, 512, 512)")
     p.add_argument("--call-timeout", type=float, default=60.0,
                    help="seconds a single forward+backward may take before it counts as hung")
     p.add_argument("--table-from", metavar="PATH",

@@ -165,7 +165,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
             print(f"{r['label']:18} {r['dtype']:9} {r['impl']:24} "
                   f"fwd {common.fmt_time(r['forward']['median_s']):>10} "
                   f"fwd+bwd {common.fmt_time(r['fwd_bwd']['median_s']):>10} "
-                  f"x{r['speedup_fwd_bwd']:.2f} mem {common.fmt_bytes(r['peak_memory_bytes'])}")
+                  f"x{common.fmt_ratio(r.get('speedup_fwd_bwd'))} "
+                  f"mem {common.fmt_bytes(r['peak_memory_bytes'])}")
         else:
             print(f"{r['label']:18} {r['dtype']:9} {r['impl']:24} "
                   f"{r.get('skipped') or r.get('error')}")

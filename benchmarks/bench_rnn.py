@@ -438,7 +438,8 @@ def print_table(results: List[Dict[str, Any]]) -> None:
         print(f"{r['label']:28} {r['dtype']:9} {str(r['tf32']):5} {r['impl']:15} "
               f"{common.fmt_time(r['forward']['median_s']):>10} "
               f"{common.fmt_time(r['fwd_bwd']['median_s']):>10} "
-              f"{r['speedup_forward']:6.2f} {r['speedup_fwd_bwd']:6.2f} "
+              f"{common.fmt_ratio(r.get('speedup_forward')):>6} "
+              f"{common.fmt_ratio(r.get('speedup_fwd_bwd')):>6} "
               f"{common.fmt_bytes(r['peak_memory_bytes']):>10} {tgt_s:>7}")
 
 

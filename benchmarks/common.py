@@ -460,6 +460,11 @@ def fmt_time(s: Optional[float]) -> str:
     return f"{s:.2f} s"
 
 
+def fmt_ratio(x: Optional[float]) -> str:
+    """A speed-up with two decimals; "-" where there is none (the baseline row failed)."""
+    return "-" if x is None else f"{x:.2f}"
+
+
 def fmt_bytes(n: Optional[float]) -> str:
     """Bytes as MiB with one decimal (KiB below 1 MiB)."""
     if n is None:

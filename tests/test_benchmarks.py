@@ -89,6 +89,22 @@ def test_bench_rnn_targets_and_floor():
     assert bench_rnn.gpu_floor("Some Other GPU", shape, torch.float32, False) is None
 
 
+def test_bench_rnn_table_when_the_baseline_failed(capsys):
+    # the baseline row has an error and no times: the others' speed-ups print as "-" (the table
+    # raised KeyError after the JSON was written, so the suite counted the script as failed)
+    import bench_rnn
+
+    times = {"forward": {"median_s": 1e-3}, "fwd_bwd": {"median_s": 2e-3}}
+    bench_rnn.print_table([
+        dict(label="T8 B512", dtype="float32", tf32=False, impl="nn.RNN", error="cuDNN failed"),
+        dict(label="T8 B512", dtype="float32", tf32=False, impl="rnn_ext",
+             peak_memory_bytes=2**20, **times)])
+    rows = capsys.readouterr().out.splitlines()
+    assert "cuDNN failed" in rows[1]
+    assert rows[2].split()[-4:] == ["-", "-", "1.0", "MiB"]
+    assert common.fmt_ratio(1.234) == "1.23" and common.fmt_ratio(None) == "-"
+
+
 def test_bench_loss_quick(tmp_path):
     import bench_loss
 
