@@ -52,16 +52,42 @@ def mode(request, monkeypatch):
     return request.param
 
 
+_SMALL_REQUEST = 1 << 20  # the caching allocator serves requests up to 1 MiB from its small pool
+
+
 def poison_cuda_allocator():
-    """Fill the caching allocator's free blocks with all-ones bytes, which read as NaN in every
+    """Fill the caching allocator's free memory with all-ones bytes, which read as NaN in every
     floating dtype (float64/32/16, bfloat16), so that an output element the kernel never writes
-    reads NaN (the ops allocate their outputs with at::empty)."""
+    reads NaN (the ops allocate their outputs with at::empty).
+
+    First fresh segments in both pools (64 x 512 KiB small, 8 x 16 MiB large); then every free
+    block left beside live tensors in older segments, which the allocator's best fit would hand
+    out first: largest first, each request exactly a free block's size (a small segment's free
+    block above 1 MiB in pieces of at most 1 MiB), from torch.cuda.memory_snapshot(). Only the
+    current stream's blocks (the allocator keeps free blocks per stream). A request above
+    16 MiB that no free block holds gets a fresh segment, which is not poisoned."""
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
-    ones = dict(dtype=torch.int32, device="cuda")
-    blocks = [torch.full((1 << 17,), -1, **ones) for _ in range(64)]  # small pool
-    blocks += [torch.full((1 << 22,), -1, **ones) for _ in range(8)]  # large pool
-    del blocks
+    ones = dict(dtype=torch.int8, device="cuda")
+    held = [torch.full((1 << 19,), -1, **ones) for _ in range(64)]  # small pool
+    held += [torch.full((1 << 24,), -1, **ones) for _ in range(8)]  # large pool
+    free = []
+    device, stream = torch.cuda.current_device(), torch.cuda.current_stream().cuda_stream
+    for seg in torch.cuda.memory_snapshot():
+        if seg["device"] != device or seg["stream"] != stream:
+            continue
+        for b in seg["blocks"]:
+            if b["state"] != "inactive":
+                continue
+            size = b["size"]
+            while seg["segment_type"] == "small" and size > _SMALL_REQUEST:
+                free.append(_SMALL_REQUEST)
+                size -= _SMALL_REQUEST
+            free.append(size)
+    for size in sorted(free, reverse=True):
+        held.append(torch.full((size,), -1, **ones))
+    torch.cuda.synchronize()
+    del held
 
 
 def to(t, device, dtype=None, grad=False):
@@ -651,10 +677,19 @@ def test_autocast_like_nn_rnn(ac_dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_nan_poison_is_effective(dtype):
     """poison_cuda_allocator really hands NaN-filled memory to the next torch.empty, in every
-    dtype, so the poisoning in the tests above can catch unwritten elements."""
+    dtype and size class, also where live tensors have left free fragments in their segments
+    (which the allocator's best fit hands out before fresh blocks), so the poisoning in the
+    tests above can catch unwritten elements."""
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.randint(1, 1 << 18, (200,), generator=g).tolist()
+    scratch = [torch.zeros(n, dtype=torch.float32, device="cuda") for n in sizes]
+    live = scratch[::2]  # every other one freed: zero-filled holes beside live tensors
+    del scratch
     poison_cuda_allocator()
-    t = torch.empty(1000, device="cuda", dtype=dtype)
-    assert torch.isnan(t).all()
+    for n in [1, 100, 1000, 10_000, 100_000, 1 << 20]:  # up to 8 MiB
+        t = torch.empty(n, device="cuda", dtype=dtype)
+        assert torch.isnan(t).all(), f"torch.empty({n}) after poisoning holds non-NaN values"
+    del live
 
 
 # ---------------------------------------------------------------------------------------------
