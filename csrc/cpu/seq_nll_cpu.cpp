@@ -261,12 +261,12 @@ void finish_outputs(at::Tensor& loss, at::Tensor& total_weight, Reduction reduct
 
 // The NLL forward over rows [r0, r1). A row's work is one gather from log_probs (a cache miss
 // when C is large), so the loop runs in chunks of kChunk rows: first it reads the chunk's
-// targets (an ignored or out-of-range row gets loss 0 and is dropped; an out-of-range one is
-// recorded in `bad`) and prefetches each kept row's log-probability, then it gathers them in a
-// loop of a few instructions, so that many gathers are in flight at once. (One row at a time,
-// the loop's own instructions, target, checks, weight and sums, bounded them: that loop took
-// 1.5-2x this one's time on one thread at C = 85 and C = 10000, about 1.5x ATen's
-// nll_loss_forward.) The sums are taken in row order, in double: the result is the
+// targets (row_weight: an ignored or out-of-range row gets loss 0 and is dropped; an
+// out-of-range one is recorded in `bad`) and prefetches each kept row's log-probability, then it
+// gathers them in a loop of a few instructions, so that many gathers are in flight at once.
+// (One row at a time, the loop's own instructions, target, checks, weight and sums, bounded
+// them: that loop took 1.5-2x this one's time on one thread at C = 85 and C = 10000, about
+// 1.5x ATen's nll_loss_forward.) The sums are taken in row order, in double: the result is the
 // row-at-a-time loop's.
 template <typename scalar_t, typename index_t>
 struct NllForwardRows {
@@ -278,39 +278,30 @@ struct NllForwardRows {
   scalar_t* loss_none;  // the per-row loss (reduction none), else nullptr
   bool target_batch_first;
 
-  template <bool kWeighted, bool kNone>
+  template <bool kNone>
   std::pair<double, double> run(int64_t r0, int64_t r1, BadRow& bad) const {
-    const int64_t B = rt.s.B, T = rt.s.T, C = rt.s.C;
-    const int64_t tst = rt.s.target_stride_t, tsb = rt.s.target_stride_b;
-    const int64_t ignore_index = rt.ignore_index;
+    const int64_t B = rt.s.B, T = rt.s.T;
     int64_t offset[kChunk];
     int64_t out[kChunk];  // kNone: each kept row's position in loss_none
-    acc_t w[kChunk];      // kWeighted: each kept row's class weight
+    acc_t w[kChunk];      // each kept row's class weight (1 without weights)
     double ls = 0, ws = 0;
     int64_t t = r0 / B, b = r0 % B;
     for (int64_t c0 = r0; c0 < r1; c0 += kChunk) {
       const int64_t c1 = std::min(r1, c0 + kChunk);
       int64_t n = 0;
       for (int64_t r = c0; r < c1; ++r) {
-        const int64_t y = static_cast<int64_t>(rt.target[seq_target_offset(t, b, tst, tsb)]);
+        const int64_t y = rt.y(t, b);
         const int64_t pos = target_batch_first ? b * T + t : r;
-        if (y != ignore_index && seq_target_in_range(y, C)) {
+        if (const auto wy = row_weight(rt, y, r, bad)) {
           offset[n] = t * st + b * sb + y * sc;
           __builtin_prefetch(lp + offset[n]);
+          w[n] = *wy;
           if constexpr (kNone) {
             out[n] = pos;
           }
-          if constexpr (kWeighted) {
-            w[n] = rt.w(y);
-          }
           ++n;
-        } else {
-          if (y != ignore_index) {
-            bad.record(r);
-          }
-          if constexpr (kNone) {
-            loss_none[pos] = scalar_t(0);
-          }
+        } else if constexpr (kNone) {
+          loss_none[pos] = scalar_t(0);
         }
         if (++b == B) {
           b = 0;
@@ -318,19 +309,13 @@ struct NllForwardRows {
         }
       }
       for (int64_t i = 0; i < n; ++i) {
-        const acc_t wi = kWeighted ? w[i] : acc_t(1);
-        const acc_t loss = seq_nll_row_loss(acc_t(lp[offset[i]]), wi);
+        const acc_t loss = seq_nll_row_loss(acc_t(lp[offset[i]]), w[i]);
         if constexpr (kNone) {
           loss_none[out[i]] = static_cast<scalar_t>(loss);
         } else {
           ls += static_cast<double>(loss);
         }
-        if constexpr (kWeighted) {
-          ws += static_cast<double>(wi);
-        }
-      }
-      if constexpr (!kWeighted) {
-        ws += static_cast<double>(n);
+        ws += static_cast<double>(w[i]);
       }
     }
     return {ls, ws};
@@ -359,16 +344,10 @@ std::tuple<at::Tensor, at::Tensor> seq_nll_loss_forward_cpu(
               log_probs.stride(2),
               reduction == Reduction::None ? loss.mutable_data_ptr<scalar_t>() : nullptr,
               target_batch_first};
-          const bool weighted = rows.rt.weight != nullptr;
-          const bool none = reduction == Reduction::None;
           BadRow bad;
           const auto sums = for_each_block(s, 1, [&](int64_t r0, int64_t r1) {
-            if (weighted) {
-              return none ? rows.template run<true, true>(r0, r1, bad)
-                          : rows.template run<true, false>(r0, r1, bad);
-            }
-            return none ? rows.template run<false, true>(r0, r1, bad)
-                        : rows.template run<false, false>(r0, r1, bad);
+            return reduction == Reduction::None ? rows.template run<true>(r0, r1, bad)
+                                                : rows.template run<false>(r0, r1, bad);
           });
           bad.raise_if_any(op, rows.rt, target_batch_first);
           finish_outputs<scalar_t>(loss, total_weight, reduction, sums.first, sums.second);
